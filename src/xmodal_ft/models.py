@@ -1,0 +1,183 @@
+"""Backbone loading and the cross-modal wrapper: input layer → backbone → pooling → output layer."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+
+from xmodal_ft.tasks.base import TaskSpec
+
+log = logging.getLogger(__name__)
+POOLINGS = ("last", "first", "mean")
+PACKAGE_SCHEME = "pkg://"
+
+
+class ModelLoadError(RuntimeError):
+    """A backbone that cannot be loaded; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A model group option: where the weights live and how to read the backbone's output."""
+
+    name: str
+    path: str | None = None
+    arch: Mapping[str, Any] = field(default_factory=dict)
+    pooling: str = "last"
+    causal: bool = True
+    dropout: float | None = None
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+class CrossModalModel(nn.Module):
+    """Task tokens → `input_layer` → backbone (via `inputs_embeds`) → pooled → `output_layer`.
+
+    Text tasks (`input_kind="text"`) keep the backbone's own token embeddings: no input layer.
+    """
+
+    def __init__(self, backbone: PreTrainedModel, spec: TaskSpec, pooling: str, causal: bool):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
+        hidden = backbone.config.hidden_size
+        self.backbone = backbone
+        self.input_layer = _input_layer(spec, hidden)
+        self.output_layer = nn.Linear(hidden, spec.num_classes)
+        self.pooling = pooling
+        self.causal = causal
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Class logits (N, num_classes) for token inputs `x` with optional true `lengths`."""
+        mask = _padding_mask(x, lengths)
+        # Causal models with right padding need no mask: real tokens never attend to later pads.
+        attention_mask = None if mask is None or (self.causal and self.pooling == "last") else mask
+        if self.input_layer is None:
+            hidden = self.backbone(input_ids=x, attention_mask=attention_mask).last_hidden_state
+        else:
+            embeds = self.input_layer(x)
+            hidden = self.backbone(inputs_embeds=embeds, attention_mask=attention_mask)
+            hidden = hidden.last_hidden_state
+        return self.output_layer(_pool(hidden, self.pooling, lengths, mask))
+
+
+def build(cfg: ModelConfig, spec: TaskSpec, *, pretrained: bool, seed: int) -> CrossModalModel:
+    """The model of `cfg` on a pretrained backbone, or a seeded random init of its architecture."""
+    torch.manual_seed(seed)
+    backbone = _load_backbone(cfg, pretrained)
+    if spec.input_kind != "text":
+        _drop_token_embeddings(backbone)
+    _check_positions(backbone.config, spec, cfg.name)
+    return CrossModalModel(backbone, spec, cfg.pooling, cfg.causal)
+
+
+def resolve_path(path: str) -> str:
+    """A hub id or local dir as given, or `pkg://module` → the weights dir a pip package ships."""
+    if not path.startswith(PACKAGE_SCHEME):
+        return path
+    module_name = path.removeprefix(PACKAGE_SCHEME)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ModelLoadError(
+            f"model.path={path} needs the pip package shipping it: pip install "
+            f"{module_name.replace('_', '-')}"
+        ) from err
+    return str(module.get_model_path())
+
+
+def _load_backbone(cfg: ModelConfig, pretrained: bool) -> PreTrainedModel:
+    overrides = {**_dropout_overrides(cfg.dropout), **cfg.kwargs}
+    if cfg.path is None:
+        if pretrained:
+            raise ModelLoadError(
+                f"model {cfg.name} has no pretrained weights (model.path=null): use a random-init "
+                "variant (variant=frozen_random or unfrozen_random) or set model.path=<hub id|dir>"
+            )
+        config = AutoConfig.for_model(**cfg.arch, **_dropout_overrides(cfg.dropout))
+        return AutoModel.from_config(config, attn_implementation="sdpa", **cfg.kwargs)
+    path = resolve_path(cfg.path)
+    try:
+        if pretrained:
+            return AutoModel.from_pretrained(path, attn_implementation="sdpa", **overrides)
+        config = AutoConfig.from_pretrained(path, **_dropout_overrides(cfg.dropout))
+        return AutoModel.from_config(config, attn_implementation="sdpa", **cfg.kwargs)
+    except OSError as err:
+        raise ModelLoadError(_offline_hint(cfg.name, path)) from err
+
+
+def _offline_hint(name: str, path: str) -> str:
+    where = "it is not a local directory" if not Path(path).exists() else "the directory is invalid"
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    network = (
+        "HF_HUB_OFFLINE=1 forbids the download: unset it on a machine with network access"
+        if offline
+        else "the hub could not be reached"
+    )
+    return (
+        f"cannot load model {name} from {path!r}: {where} and {network}, or set "
+        f"model.path=<local dir saved with save_pretrained> (or use model=minilm, shipped offline)"
+    )
+
+
+def _dropout_overrides(dropout: float | None) -> dict[str, float]:
+    if dropout is None:
+        return {}
+    names = ("resid_pdrop", "embd_pdrop", "attn_pdrop")  # GPT-2 family
+    names += ("hidden_dropout_prob", "attention_probs_dropout_prob")  # BERT family
+    return dict.fromkeys(names, dropout)
+
+
+def _drop_token_embeddings(backbone: PreTrainedModel) -> None:
+    """Cross-modal inputs bypass the token embedding (fed `inputs_embeds`): free the vocab table."""
+    backbone.set_input_embeddings(None)
+
+
+def _check_positions(config: PretrainedConfig, spec: TaskSpec, name: str) -> None:
+    max_positions = getattr(config, "max_position_embeddings", None)
+    if max_positions is not None and spec.seq_len > max_positions:
+        raise ValueError(
+            f"task {spec.name} has sequences of {spec.seq_len} tokens but model {name} has "
+            f"{max_positions} positions: shorten the task (e.g. task.max_len={max_positions}) "
+            "or choose a model with more positions"
+        )
+
+
+def _input_layer(spec: TaskSpec, hidden: int) -> nn.Module | None:
+    if spec.input_kind == "continuous":
+        return nn.Linear(spec.token_dim, hidden)
+    if spec.input_kind == "discrete":
+        return nn.Embedding(spec.vocab_size, hidden, padding_idx=spec.pad_id)
+    if spec.input_kind == "text":
+        return None
+    raise ValueError(f"unknown input kind {spec.input_kind!r}")
+
+
+def _padding_mask(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor | None:
+    if lengths is None:
+        return None
+    positions = torch.arange(x.shape[1], device=x.device)
+    return (positions[None, :] < lengths[:, None]).long()
+
+
+def _pool(
+    hidden: torch.Tensor, pooling: str, lengths: torch.Tensor | None, mask: torch.Tensor | None
+) -> torch.Tensor:
+    if pooling == "first":
+        return hidden[:, 0]
+    if pooling == "last":
+        if lengths is None:
+            return hidden[:, -1]
+        return hidden[torch.arange(len(hidden), device=hidden.device), lengths - 1]
+    if mask is None:
+        return hidden.mean(dim=1)
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1)

@@ -1,0 +1,113 @@
+"""One run as a recipe: task → model → variant → scheme → fit → record. DictConfig stops here."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from xmodal_ft import engine, models, record, schemes, tasks, variants
+from xmodal_ft.engine import FitConfig, FitResult
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message names the key to fix."""
+
+
+def run(cfg: DictConfig, run_dir: Path | str, choices: Mapping[str, Any] | None = None) -> float:
+    """Train and evaluate one configuration; write results.json; return the validation metric."""
+    run_dir = Path(run_dir)
+    _validate(cfg)
+    started = time.time()
+    device = engine.select_device(cfg.device)
+    data = tasks.build(_plain(cfg.task), cache_dir=cfg.cache_dir)
+    variant = variants.VariantConfig(**_plain(cfg.variant))
+    model = models.build(
+        models.ModelConfig(**_plain(cfg.model)),
+        data.spec,
+        pretrained=variant.pretrained,
+        seed=cfg.seed,
+    )
+    params = variants.apply(model, variant)
+    model.to(device)
+    plan = schemes.build(model, schemes.SchemeConfig(**_plain(cfg.scheme)), lr=cfg.lr)
+    log.info(
+        "device %s | task %s | model %s | variant %s | scheme %s",
+        device,
+        data.spec.name,
+        cfg.model.name,
+        variant.name,
+        cfg.scheme.name,
+    )
+    tracker = record.LocalTracker(run_dir)
+    try:
+        result = engine.fit(model, plan, data, _fit_config(cfg), tracker)
+        payload = _results(cfg, choices, params, result, device, time.time() - started)
+        tracker.summary(payload)
+        record.write_results(run_dir, payload)
+    finally:
+        tracker.close()
+    metric = data.spec.metrics[0]
+    log.info("test %s = %.4f (results in %s)", metric, result.test[metric], run_dir)
+    return result.best_val[metric]
+
+
+def _validate(cfg: DictConfig) -> None:
+    if not cfg.lr > 0:
+        raise ConfigError(f"lr={cfg.lr} must be > 0 (e.g. lr=1e-4)")
+    for key in ("batch_size", "max_steps", "eval_every"):
+        if not cfg[key] >= 1:
+            raise ConfigError(f"{key}={cfg[key]} must be a positive integer")
+    if cfg.patience is not None and cfg.patience < 1:
+        raise ConfigError(f"patience={cfg.patience} must be >= 1, or null to never stop early")
+
+
+def _plain(node: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
+
+
+def _fit_config(cfg: DictConfig) -> FitConfig:
+    return FitConfig(
+        batch_size=cfg.batch_size,
+        max_steps=cfg.max_steps,
+        eval_every=cfg.eval_every,
+        patience=cfg.patience,
+        grad_clip=cfg.grad_clip,
+        eval_batch_size=cfg.eval_batch_size,
+        seed=cfg.seed,
+        progress=cfg.progress,
+    )
+
+
+def _results(
+    cfg: DictConfig,
+    choices: Mapping[str, Any] | None,
+    params: dict[str, int],
+    result: FitResult,
+    device: torch.device,
+    wall_seconds: float,
+) -> dict[str, Any]:
+    return {
+        "status": "complete",
+        "config": _plain(cfg),
+        "choices": dict(choices or {}),
+        "params": params,
+        **{f"val/{k}": v for k, v in result.best_val.items()},
+        **{f"test/{k}": v for k, v in result.test.items()},
+        "best_step": result.best_step,
+        "steps": result.steps,
+        "stopped_early": result.stopped_early,
+        "train_seconds": result.train_seconds,
+        "wall_seconds": wall_seconds,
+        "device": str(device),
+        "host": platform.node(),
+        "torch": torch.__version__,
+    }

@@ -1,0 +1,82 @@
+"""Task data types shared by every task family: a spec and three in-memory tensor splits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+InputKind = Literal["continuous", "discrete", "text"]
+
+
+class DataError(ValueError):
+    """Bad or missing task data; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a model needs to know about a task's inputs and outputs.
+
+    input_kind: "continuous" (x is float (N, L, token_dim)), "discrete" (x is integer (N, L) over
+    `vocab_size` task tokens), "text" (x is integer (N, L) ids of the model's own tokenizer);
+    consumers cast integer inputs with `.long()` per batch.
+    """
+
+    name: str
+    num_classes: int
+    input_kind: InputKind
+    seq_len: int
+    token_dim: int = 0
+    vocab_size: int = 0
+    pad_id: int = 0
+    metrics: tuple[str, ...] = ("acc",)
+
+
+@dataclass
+class Split:
+    """One split kept in memory. `lengths` is set for right-padded variable-length inputs."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    lengths: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __post_init__(self) -> None:
+        if len(self.x) != len(self.y):
+            raise DataError(f"split has {len(self.x)} inputs but {len(self.y)} labels")
+
+
+@dataclass
+class TaskData:
+    spec: TaskSpec
+    train: Split
+    val: Split
+    test: Split
+
+
+def carve_validation(split: Split, val_size: int | float, seed: int) -> tuple[Split, Split]:
+    """Split `val_size` examples (a count, or a fraction if < 1) off `split` with a fixed seed."""
+    n = len(split)
+    n_val = int(round(val_size * n)) if val_size < 1 else int(val_size)
+    if not 0 < n_val < n:
+        raise DataError(
+            f"val_size={val_size} leaves no train or no validation data from {n} examples"
+        )
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return _take(split, perm[n_val:]), _take(split, perm[:n_val])
+
+
+def _take(split: Split, idx: torch.Tensor) -> Split:
+    lengths = None if split.lengths is None else split.lengths[idx]
+    return Split(split.x[idx], split.y[idx], lengths)
+
+
+def subsample(split: Split, n: int | None, seed: int) -> Split:
+    """At most `n` examples of `split` (all if n is None), chosen with a fixed seed."""
+    if n is None or n >= len(split):
+        return split
+    perm = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
+    return _take(split, perm[:n])

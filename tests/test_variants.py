@@ -1,0 +1,113 @@
+"""Variants set exactly the intended trainable parameters, and frozen ones never change."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import make_cfg
+from xmodal_ft import models, schemes, tasks, variants
+from xmodal_ft.engine import FitConfig, fit
+
+VARIANTS = ["fpt", "frozen_random", "unfrozen_pretrained", "unfrozen_random"]
+IO = {"input_layer.weight", "input_layer.bias", "output_layer.weight", "output_layer.bias"}
+GPT2_FPT = (
+    IO
+    | {"backbone.wpe.weight"}
+    | {
+        f"backbone.{ln}.{p}"
+        for ln in ("h.0.ln_1", "h.0.ln_2", "h.1.ln_1", "h.1.ln_2", "ln_f")
+        for p in ("weight", "bias")
+    }
+)
+BERT_FPT = (
+    IO
+    | {"backbone.embeddings.position_embeddings.weight"}
+    | {
+        f"backbone.{ln}.LayerNorm.{p}"
+        for ln in (
+            "embeddings",
+            *(
+                f"encoder.layer.{i}.{part}"
+                for i in (0, 1)
+                for part in ("attention.output", "output")
+            ),
+        )
+        for p in ("weight", "bias")
+    }
+)
+
+
+def build_model(*overrides: str):
+    cfg = make_cfg(*overrides)
+    data = tasks.build(cfg.task)
+    variant = variants.VariantConfig(**cfg.variant)
+    model = models.build(
+        models.ModelConfig(**cfg.model), data.spec, pretrained=variant.pretrained, seed=0
+    )
+    return model, variant, data
+
+
+def trainable_names(model: torch.nn.Module) -> set[str]:
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("variant", ["fpt", "frozen_random"])
+def test_fpt_trains_only_norms_positions_io_gpt2(variant: str, tiny_gpt2_dir) -> None:
+    model, cfg, _ = build_model(f"variant={variant}", f"model.path={tiny_gpt2_dir}")
+    counts = variants.apply(model, cfg)
+    assert trainable_names(model) == GPT2_FPT
+    # 4·32+32 input, 32·10+10 output, 2048·32 positions, 5 layer norms of 2·32.
+    assert counts["trainable"] == 160 + 330 + 65536 + 5 * 64
+
+
+def test_fpt_trains_only_norms_positions_io_bert(tiny_bert_dir) -> None:
+    model, cfg, _ = build_model("variant=fpt", "model=tiny_bert", f"model.path={tiny_bert_dir}")
+    variants.apply(model, cfg)
+    assert trainable_names(model) == BERT_FPT
+
+
+@pytest.mark.parametrize("variant", ["unfrozen_pretrained", "unfrozen_random"])
+def test_unfrozen_trains_everything(variant: str, tiny_gpt2_dir) -> None:
+    model, cfg, _ = build_model(f"variant={variant}", f"model.path={tiny_gpt2_dir}")
+    counts = variants.apply(model, cfg)
+    assert counts["trainable"] == counts["total"]
+
+
+def test_pretrained_variants_load_weights_random_ones_do_not(tiny_gpt2_dir) -> None:
+    path = f"model.path={tiny_gpt2_dir}"
+    pretrained, _, _ = build_model("variant=fpt", path)
+    random, _, _ = build_model("variant=frozen_random", path)
+    reference = models.AutoModel.from_pretrained(tiny_gpt2_dir)
+    key = "h.0.attn.c_attn.weight"
+    assert torch.equal(pretrained.backbone.state_dict()[key], reference.state_dict()[key])
+    assert not torch.equal(random.backbone.state_dict()[key], reference.state_dict()[key])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_frozen_parameters_get_no_gradient_and_never_change(variant: str, tiny_gpt2_dir) -> None:
+    model, cfg, data = build_model(f"variant={variant}", f"model.path={tiny_gpt2_dir}")
+    variants.apply(model, cfg)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = schemes.build(model, schemes.SchemeConfig(), lr=1e-2).optimizer
+    for _ in range(3):
+        loss = F.cross_entropy(model(data.train.x[:8]), data.train.y[:8])
+        loss.backward()
+        grads = {n for n, p in model.named_parameters() if p.grad is not None}
+        assert grads <= trainable_names(model)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == trainable_names(model)
+
+
+def test_fit_leaves_frozen_parameters_bit_identical(tiny_gpt2_dir) -> None:
+    model, cfg, data = build_model("variant=fpt", f"model.path={tiny_gpt2_dir}")
+    variants.apply(model, cfg)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    plan = schemes.build(model, schemes.SchemeConfig(), lr=1e-2)
+    fit(model, plan, data, FitConfig(batch_size=8, max_steps=4, eval_every=2, progress=False))
+    for name, param in model.named_parameters():
+        if name in frozen:
+            assert torch.equal(param, frozen[name]), name
