@@ -210,7 +210,7 @@ def _log(tracker: Tracker | None, values: dict[str, float], step: int) -> None:
 def _shuffled_batches(
     split: Split, batch_size: int, seed: int, device: torch.device
 ) -> Iterator[tuple[int, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]]:
-    """Endless (epoch, batch) pairs: a seeded permutation per epoch; the last partial batch dropped."""
+    """Endless (epoch, batch) pairs: a seeded permutation per epoch, dropping the last partial."""
     if len(split) < batch_size:
         raise ValueError(f"batch_size={batch_size} exceeds the {len(split)} training examples")
     generator = torch.Generator().manual_seed(seed)
