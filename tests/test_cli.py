@@ -1,0 +1,55 @@
+"""The entrypoint as users type it: `python train.py ...` in a subprocess (slow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MNIST = Path("/work/shared/data/mnist")
+
+
+def train(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    cmd = [sys.executable, "train.py", f"hydra.run.dir={tmp_path}", "progress=false", *overrides]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_default_run_is_offline_and_writes_results(tmp_path: Path) -> None:
+    proc = train(tmp_path, "max_steps=200", "eval_every=100", "cache_dir=null")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["choices"]["model"] == "minilm" and results["choices"]["task"] == "digits"
+    assert results["test/acc"] > 0.5  # chance is 0.1
+    assert "test acc" in proc.stderr + proc.stdout
+
+
+@pytest.mark.slow
+def test_bad_input_fails_with_one_clear_message(tmp_path: Path) -> None:
+    proc = train(tmp_path, "lr=0", "max_steps=1")
+    assert proc.returncode != 0 and "lr=0 must be > 0" in proc.stderr
+    proc = train(tmp_path, "task=mnist", f"task.data_dir={tmp_path / 'absent'}")
+    assert proc.returncode != 0 and "task.data_dir" in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not MNIST.exists(), reason="needs the MNIST IDX files in ../shared/data/mnist")
+def test_fpt_minilm_learns_real_mnist(tmp_path: Path) -> None:
+    proc = train(
+        tmp_path,
+        "task=mnist",
+        f"task.data_dir={MNIST}",
+        "task.n_test=2000",
+        "max_steps=300",
+        "eval_every=300",
+        "batch_size=16",
+        "cache_dir=null",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "results.json").read_text())["test/acc"] > 0.7
