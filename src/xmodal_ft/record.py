@@ -126,6 +126,7 @@ class WandbTracker:
 
     def summary(self, values: dict[str, Any]) -> None:
         keys = ("best_step", "steps", "metric")
+        self._run.log({}, commit=True)  # flush the last row first: it would overwrite the summary
         self._run.summary.update(
             {k: v for k, v in values.items() if k.startswith(("val/", "test/")) or k in keys}
         )
