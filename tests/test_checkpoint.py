@@ -9,7 +9,9 @@ from test_engine import sign_task, tiny_model
 from xmodal_ft import schemes
 from xmodal_ft.engine import FitConfig, fit
 
-CFG = FitConfig(batch_size=8, max_steps=12, eval_every=4, checkpoint_every=4, log_every=2, progress=False)
+CFG = FitConfig(
+    batch_size=8, max_steps=12, eval_every=4, checkpoint_every=4, log_every=2, progress=False
+)
 
 
 class Interrupt(RuntimeError):
@@ -52,4 +54,3 @@ def test_resumed_fit_matches_uninterrupted_fit_exactly(tmp_path) -> None:
     assert resumed.history == ref.history
     for (name, p), q in zip(model.named_parameters(), model_ref.parameters(), strict=True):
         assert torch.equal(p, q), name
-

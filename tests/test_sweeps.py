@@ -113,6 +113,7 @@ def test_optuna_sweep_runs_trials_as_the_mean_over_seeds(tmp_path) -> None:
     assert best["best_value"] == pytest.approx(max(mean_val.values()), abs=1e-12)
     assert mean_val[best["best_params"]["lr"]] == pytest.approx(best["best_value"], abs=1e-12)
 
+
 @pytest.mark.slow
 def test_parallel_launcher_runs_two_jobs_at_once(tmp_path) -> None:
     sweep(tmp_path, "hydra/launcher=parallel", "lr=1e-3,1e-2")

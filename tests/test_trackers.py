@@ -42,7 +42,11 @@ def test_wandb_offline_run_has_config_metrics_and_best_summary(tmp_path) -> None
     [run_file] = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
     records = wandb_records(run_file)
     [meta] = [r.run for r in records if r.HasField("run")]
-    assert (meta.run_group, meta.display_name, meta.project) == ("sweep-1", "lr=0.001,seed=0", "test")
+    assert (meta.run_group, meta.display_name, meta.project) == (
+        "sweep-1",
+        "lr=0.001,seed=0",
+        "test",
+    )
     assert list(meta.tags) == ["digits", "tiny_gpt2", "unfrozen_random", "fixed"]
     config = items(meta.config.update)
     assert config["lr"] == 1e-3 and config["task"]["name"] == "digits"

@@ -99,14 +99,13 @@ def fit(
     )
     model.train()
     for step in range(first_step, cfg.max_steps + 1):
-        if checkpoint_path and cfg.checkpoint_every and step > first_step:
-            if step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
-                state = checkpoint.LoopState(
-                    step, epoch, best_val, best_step, evals_since_best, history,
-                    loss_sum.item(), loss_count,
-                )  # fmt: skip
-                best_copies = {"saved": best.saved, "before_training": best.before_training}
-                checkpoint.save(checkpoint_path, state, model, plan.optimizer, best_copies)
+        if checkpoint_path and _checkpoint_due(step, first_step, cfg):
+            state = checkpoint.LoopState(
+                step, epoch, best_val, best_step, evals_since_best, history,
+                loss_sum.item(), loss_count,
+            )  # fmt: skip
+            best_copies = {"saved": best.saved, "before_training": best.before_training}
+            checkpoint.save(checkpoint_path, state, model, plan.optimizer, best_copies)
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
             val = evaluate(model, data.val, data.spec.metrics, cfg.eval_batch_size)
             record = {"step": step, **{f"val/{k}": v for k, v in val.items()}}
@@ -219,6 +218,12 @@ class BestWeights:
             value = self.saved.get(name, self.before_training.get(name))
             if value is not None:
                 param.copy_(value)
+
+
+def _checkpoint_due(step: int, first_step: int, cfg: FitConfig) -> bool:
+    """A checkpoint is written every `checkpoint_every` steps, before that step's evaluation."""
+    every = cfg.checkpoint_every
+    return bool(every) and first_step < step < cfg.max_steps and step % every == 0
 
 
 def _resume(
