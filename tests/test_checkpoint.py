@@ -37,14 +37,14 @@ def train(checkpoint_path=None, tracker=None):
     torch.manual_seed(0)  # dropout draws from the global generator
     model = tiny_model()
     plan = schemes.build(model, schemes.SchemeConfig(), lr=3e-3)
-    return model, fit(model, plan, sign_task(), CFG, tracker, checkpoint_path)
+    return model, fit(model, plan, sign_task(64), CFG, tracker, checkpoint_path)  # 8 steps/epoch
 
 
 def test_resumed_fit_matches_uninterrupted_fit_exactly(tmp_path) -> None:
     model_ref, ref = train()
     path = tmp_path / "checkpoint.pt"
     with pytest.raises(Interrupt):
-        train(path, KillAt(10))  # checkpoints at steps 4 and 8, killed logging step 10
+        train(path, KillAt(10))  # checkpoints at 4 and 8 (epoch 1 starts at 8), killed at 10
     assert torch.load(path, weights_only=False)["loop"]["step"] == 8
     torch.manual_seed(123)  # a new process: the checkpoint restores the RNG state
     model, resumed = train(path)

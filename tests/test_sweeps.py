@@ -75,6 +75,18 @@ def test_grid_multirun_then_report_picks_best_mean_val_lr(tmp_path) -> None:
     assert "unfrozen_random" in (tmp_path / "report" / "report.md").read_text()
 
 
+def test_seeds_list_trains_each_seed_returns_the_mean_and_reruns_skip(tmp_path) -> None:
+    cfg = make_cfg("variant=unfrozen_random", "seeds=[0,1]")
+    mean = run(cfg, run_dir=tmp_path)
+    per_seed = [json.loads((tmp_path / f"seed_{s}" / "results.json").read_text()) for s in (0, 1)]
+    assert [r["config"]["seed"] for r in per_seed] == [0, 1]
+    assert all(r["config"]["seeds"] is None for r in per_seed)
+    assert mean == pytest.approx(statistics.fmean(r["val/acc"] for r in per_seed), abs=1e-12)
+    stamps = sorted(p.stat().st_mtime_ns for p in tmp_path.rglob("*"))
+    assert run(cfg, run_dir=tmp_path) == mean  # complete: skipped, nothing rewritten
+    assert sorted(p.stat().st_mtime_ns for p in tmp_path.rglob("*")) == stamps
+
+
 @pytest.mark.slow
 def test_killed_sweep_relaunch_skips_finished_and_resumes_unfinished(tmp_path) -> None:
     args = ["lr=1e-3", "max_steps=40", "eval_every=4", "checkpoint_every=4"]
