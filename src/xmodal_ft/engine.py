@@ -7,13 +7,14 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from xmodal_ft import metrics
+from xmodal_ft import checkpoint, metrics
 from xmodal_ft.record import Tracker
 from xmodal_ft.schemes import TrainPlan
 from xmodal_ft.tasks.base import Split, TaskData
@@ -32,6 +33,7 @@ class FitConfig:
     seed: int = 0
     log_every: int = 10
     progress: bool = True
+    checkpoint_every: int | None = None  # steps between checkpoints (with a checkpoint path)
 
 
 @dataclass
@@ -69,21 +71,41 @@ def fit(
     data: TaskData,
     cfg: FitConfig,
     tracker: Tracker | None = None,
+    checkpoint_path: Path | None = None,
 ) -> FitResult:
-    """Train with early stopping on validation; evaluate test with the best-validation weights."""
+    """Train with early stopping on validation; evaluate test with the best-validation weights.
+
+    With `checkpoint_path`, the loop state is saved there every `cfg.checkpoint_every` steps and,
+    when the file exists at the start, training continues from it with identical results.
+    """
     device = next(model.parameters()).device
     metric = data.spec.metrics[0]
-    batches = _shuffled_batches(data.train, cfg.batch_size, cfg.seed, device)
     base_lrs = [group["lr"] for group in plan.optimizer.param_groups]
     best = BestWeights(model)
-    best_val: dict[str, float] = {}
-    best_step, evals_since_best, epoch, stopped_early = 0, 0, -1, False
-    history: list[dict[str, float]] = []
-    loss_sum, loss_count = torch.zeros((), device=device), 0
+    resumed = _resume(checkpoint_path, model, plan, best)
+    first_step, epoch, history = resumed.step, resumed.epoch, resumed.history
+    best_val, best_step = resumed.best_val, resumed.best_step
+    evals_since_best, stopped_early = resumed.evals_since_best, False
+    loss_sum = torch.tensor(resumed.loss_sum, dtype=torch.float32, device=device)
+    loss_count = resumed.loss_count
+    batches = _shuffled_batches(data.train, cfg.batch_size, cfg.seed, device, first_step)
     start = time.perf_counter()
-    bar = tqdm(total=cfg.max_steps, disable=not cfg.progress, desc="train", dynamic_ncols=True)
+    bar = tqdm(
+        total=cfg.max_steps,
+        initial=first_step,
+        disable=not cfg.progress,
+        desc="train",
+        dynamic_ncols=True,
+    )
     model.train()
-    for step in range(cfg.max_steps + 1):
+    for step in range(first_step, cfg.max_steps + 1):
+        if checkpoint_path and _checkpoint_due(step, first_step, cfg):
+            state = checkpoint.LoopState(
+                step, epoch, best_val, best_step, evals_since_best, history,
+                loss_sum.item(), loss_count,
+            )  # fmt: skip
+            best_copies = {"saved": best.saved, "before_training": best.before_training}
+            checkpoint.save(checkpoint_path, state, model, plan.optimizer, best_copies)
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
             val = evaluate(model, data.val, data.spec.metrics, cfg.eval_batch_size)
             record = {"step": step, **{f"val/{k}": v for k, v in val.items()}}
@@ -198,6 +220,29 @@ class BestWeights:
                 param.copy_(value)
 
 
+def _checkpoint_due(step: int, first_step: int, cfg: FitConfig) -> bool:
+    """A checkpoint is written every `checkpoint_every` steps, before that step's evaluation."""
+    every = cfg.checkpoint_every
+    return bool(every) and first_step < step < cfg.max_steps and step % every == 0
+
+
+def _resume(
+    path: Path | None, model: nn.Module, plan: TrainPlan, best: BestWeights
+) -> checkpoint.LoopState:
+    """The loop state saved at `path` (model, optimizer, RNGs restored), or a fresh one."""
+    if path is None or not path.exists():
+        return checkpoint.LoopState()
+
+    def replay_epoch(epoch: int) -> None:
+        if plan.on_epoch is not None:
+            plan.on_epoch(epoch)
+
+    state, copies = checkpoint.load(path, model, plan.optimizer, replay_epoch)
+    best.saved, best.before_training = copies["saved"], copies["before_training"]
+    log.info("resumed from %s at step %d", path, state.step)
+    return state
+
+
 def _trainable(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
@@ -208,17 +253,22 @@ def _log(tracker: Tracker | None, values: dict[str, float], step: int) -> None:
 
 
 def _shuffled_batches(
-    split: Split, batch_size: int, seed: int, device: torch.device
+    split: Split, batch_size: int, seed: int, device: torch.device, skip: int = 0
 ) -> Iterator[tuple[int, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]]:
-    """Endless (epoch, batch) pairs: a seeded permutation per epoch, dropping the last partial."""
+    """Endless (epoch, batch) pairs: a seeded permutation per epoch, dropping the last partial.
+
+    The first `skip` batches are passed over without being built (to resume a run).
+    """
     if len(split) < batch_size:
         raise ValueError(f"batch_size={batch_size} exceeds the {len(split)} training examples")
     generator = torch.Generator().manual_seed(seed)
+    per_epoch = len(split) // batch_size
     epoch = 0
     while True:
         order = torch.randperm(len(split), generator=generator)
-        for start in range(0, len(split) - batch_size + 1, batch_size):
-            yield epoch, _batch(split, order[start : start + batch_size], device)
+        for i, start in enumerate(range(0, per_epoch * batch_size, batch_size)):
+            if epoch * per_epoch + i >= skip:
+                yield epoch, _batch(split, order[start : start + batch_size], device)
         epoch += 1
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import time
 from collections.abc import Mapping
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from xmodal_ft import engine, models, record, schemes, tasks, variants
 from xmodal_ft.engine import FitConfig, FitResult
@@ -22,10 +23,50 @@ class ConfigError(ValueError):
     """An invalid configuration value; the message names the key to fix."""
 
 
-def run(cfg: DictConfig, run_dir: Path | str, choices: Mapping[str, Any] | None = None) -> float:
-    """Train and evaluate one configuration; write results.json; return the validation metric."""
+def run(
+    cfg: DictConfig,
+    run_dir: Path | str,
+    choices: Mapping[str, Any] | None = None,
+    *,
+    group: str | None = None,
+    name: str | None = None,
+) -> float:
+    """Train and evaluate one configuration; write results.json; return the validation metric.
+
+    A run whose `run_dir` already holds complete results of the same config is skipped; one with
+    a checkpoint continues from it. With `seeds: [..]`, each seed trains in `run_dir/seed_<s>`
+    and the mean validation metric is returned (one Optuna trial = the mean over seeds).
+    `group` and `name` label the run for trackers (W&B group = the sweep, name = the overrides).
+    """
     run_dir = Path(run_dir)
     _validate(cfg)
+    if not cfg.get("seeds"):
+        return _run_seed(cfg, run_dir, choices, group, name)
+    values = []
+    for seed in cfg.seeds:
+        seed_cfg = cfg.copy()
+        with open_dict(seed_cfg):
+            seed_cfg.seed, seed_cfg.seeds = seed, None
+        seed_name = f"{name},seed={seed}" if name else f"seed={seed}"
+        values.append(_run_seed(seed_cfg, run_dir / f"seed_{seed}", choices, group, seed_name))
+    mean = sum(values) / len(values)
+    log.info("mean validation metric over seeds %s: %.4f", list(cfg.seeds), mean)
+    return mean
+
+
+def _run_seed(
+    cfg: DictConfig,
+    run_dir: Path,
+    choices: Mapping[str, Any] | None,
+    group: str | None,
+    name: str | None,
+) -> float:
+    config = _plain(cfg)
+    key = record.config_hash(config)
+    done = record.read_results(run_dir)
+    if done is not None and done.get("config_hash") == key:
+        log.info("%s holds complete results of this config: skipped", run_dir)
+        return done[f"val/{done['metric']}"]
     started = time.time()
     device = engine.select_device(cfg.device)
     data = tasks.build(_plain(cfg.task), cache_dir=cfg.cache_dir)
@@ -47,15 +88,21 @@ def run(cfg: DictConfig, run_dir: Path | str, choices: Mapping[str, Any] | None 
         variant.name,
         cfg.scheme.name,
     )
-    tracker = record.LocalTracker(run_dir)
+    metric = data.spec.metrics[0]
+    tags = [str(cfg[g].name) for g in ("task", "model", "variant", "scheme")]
+    meta = {"run_dir": run_dir, "config": config, "group": group, "name": name, "tags": tags}
+    tracker = record.build_tracker(_plain(cfg.logger), run_dir, meta)
+    checkpoint_path = run_dir / f"checkpoint-{key}.pt" if cfg.checkpoint_every else None
     try:
-        result = engine.fit(model, plan, data, _fit_config(cfg), tracker)
+        result = engine.fit(model, plan, data, _fit_config(cfg), tracker, checkpoint_path)
         payload = _results(cfg, choices, params, result, device, time.time() - started)
+        payload.update(config_hash=key, metric=metric)
         tracker.summary(payload)
         record.write_results(run_dir, payload)
     finally:
         tracker.close()
-    metric = data.spec.metrics[0]
+    if checkpoint_path is not None:
+        checkpoint_path.unlink(missing_ok=True)
     log.info("test %s = %.4f (results in %s)", metric, result.test[metric], run_dir)
     return result.best_val[metric]
 
@@ -66,6 +113,8 @@ def _validate(cfg: DictConfig) -> None:
     for key in ("batch_size", "max_steps", "eval_every"):
         if not cfg[key] >= 1:
             raise ConfigError(f"{key}={cfg[key]} must be a positive integer")
+    if cfg.checkpoint_every is not None and cfg.checkpoint_every < 1:
+        raise ConfigError(f"checkpoint_every={cfg.checkpoint_every} must be >= 1, or null")
     if cfg.patience is not None and cfg.patience < 1:
         raise ConfigError(f"patience={cfg.patience} must be >= 1, or null to never stop early")
 
@@ -84,6 +133,7 @@ def _fit_config(cfg: DictConfig) -> FitConfig:
         eval_batch_size=cfg.eval_batch_size,
         seed=cfg.seed,
         progress=cfg.progress,
+        checkpoint_every=cfg.checkpoint_every,
     )
 
 
@@ -105,9 +155,11 @@ def _results(
         "best_step": result.best_step,
         "steps": result.steps,
         "stopped_early": result.stopped_early,
+        "history": result.history,
         "train_seconds": result.train_seconds,
         "wall_seconds": wall_seconds,
         "device": str(device),
         "host": platform.node(),
+        "pid": os.getpid(),
         "torch": torch.__version__,
     }

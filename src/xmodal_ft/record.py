@@ -1,7 +1,8 @@
-"""Run records: atomic results.json, and trackers that log metrics per step (local files)."""
+"""Run records: atomic results.json, config hashes, trackers (local metrics.jsonl, W&B)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -10,6 +11,9 @@ from typing import Any, Protocol
 
 RESULTS = "results.json"
 METRICS = "metrics.jsonl"
+CHECKPOINT = "checkpoint.pt"
+# Root keys that do not change a run's results: left out of its config hash.
+NOT_HASHED = frozenset({"cache_dir", "progress", "logger", "checkpoint_every", "sweep"})
 
 
 class Tracker(Protocol):
@@ -60,3 +64,73 @@ def write_results(run_dir: Path, payload: dict[str, Any]) -> Path:
     path = run_dir / RESULTS
     write_json_atomic(path, payload)
     return path
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """A short stable hash of a resolved config, ignoring keys that do not change results."""
+    kept = {k: v for k, v in config.items() if k not in NOT_HASHED}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def run_key(override_dirname: str) -> str:
+    """Hydra resolver: a job's sweep subdir from its overrides (same overrides, same dir)."""
+    return hashlib.sha256(override_dirname.encode()).hexdigest()[:12]
+
+
+def read_results(run_dir: Path) -> dict[str, Any] | None:
+    """The results of a finished run in `run_dir`, or None when absent, partial or unreadable."""
+    try:
+        payload = json.loads((run_dir / RESULTS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return payload if isinstance(payload, dict) and payload.get("status") == "complete" else None
+
+
+def build_tracker(cfg: dict[str, Any], run_dir: Path, meta: dict[str, Any]) -> Tracker:
+    """The tracker of logger option `cfg["name"]`; `meta` carries config, group, name and tags."""
+    builders = {"local": lambda: LocalTracker(run_dir), "wandb": lambda: WandbTracker(cfg, meta)}
+    if cfg["name"] not in builders:
+        raise ValueError(f"unknown logger {cfg['name']!r}; choose one of: {', '.join(builders)}")
+    return builders[cfg["name"]]()
+
+
+class WandbTracker:
+    """Weights & Biases run: config, metrics per step, best values as summary; `finish()` on close.
+
+    Also keeps the local metrics.jsonl. The W&B run id derives from the run dir, so a resumed run
+    continues its W&B run (`resume="allow"`). `WANDB_MODE=offline` writes an offline run dir.
+    """
+
+    def __init__(self, cfg: dict[str, Any], meta: dict[str, Any]):
+        import wandb
+
+        run_dir = Path(meta["run_dir"])
+        self._local = LocalTracker(run_dir)
+        self._run = wandb.init(
+            project=cfg.get("project"),
+            entity=cfg.get("entity"),
+            group=cfg.get("group") or meta.get("group"),
+            name=meta.get("name"),
+            tags=[*meta.get("tags", []), *(cfg.get("tags") or [])],
+            config=meta["config"],
+            dir=str(run_dir),
+            id=hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:16],
+            resume="allow",
+            mode=cfg.get("mode"),
+            reinit="finish_previous",
+        )
+
+    def log(self, values: dict[str, float], step: int) -> None:
+        self._local.log(values, step)
+        self._run.log({k: v for k, v in values.items() if k != "step"}, step=step)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        keys = ("best_step", "steps", "metric")
+        self._run.log({}, commit=True)  # flush the last row first: it would overwrite the summary
+        self._run.summary.update(
+            {k: v for k, v in values.items() if k.startswith(("val/", "test/")) or k in keys}
+        )
+
+    def close(self) -> None:
+        self._local.close()
+        self._run.finish()

@@ -1,0 +1,350 @@
+"""Multirun report: best LR by mean validation metric over seeds, test mean ± SEM, tables, plots.
+
+    python -m xmodal_ft.report multirun/2026-01-01/12-00-00 [more dirs] [--out DIR]
+        [--compare paper] [--wandb]
+
+Runs are grouped by (task, model, variant, scheme); within a group, the LR with the best mean
+validation metric (the task's first metric, e.g. `acc` or `mcc`) over seeds is chosen and its test
+metric is reported as mean ± standard error of the mean (SEM) over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from xmodal_ft.record import NOT_HASHED, RESULTS
+
+log = logging.getLogger(__name__)
+
+GROUP = ("task", "model", "variant", "scheme")
+# Config keys that may differ between runs averaged or compared within a group.
+FREE_KEYS = NOT_HASHED | {"lr", "seed", "seeds", "device", "eval_batch_size"}
+PAPERS = {"paper": "rothermel2021_table1.csv"}
+
+
+class ReportError(ValueError):
+    """Results that cannot be reported; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One finished run, as read from its results.json."""
+
+    path: Path
+    group: tuple[str, str, str, str]
+    lr: float
+    seed: int
+    metric: str
+    val: float
+    test: float
+    best_step: int
+    history: list[dict[str, float]]
+    config: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class LrStats:
+    """Mean and SEM over the seeds of one group at one LR."""
+
+    lr: float
+    seeds: tuple[int, ...]
+    val: tuple[float, float]
+    test: tuple[float, float]
+    steps: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A group's LR curve and its LR chosen by mean validation metric."""
+
+    group: tuple[str, str, str, str]
+    metric: str
+    per_lr: list[LrStats]
+    best: LrStats
+    runs: list[Run]  # the runs at the chosen LR
+
+
+def load_runs(dirs: list[Path]) -> tuple[list[Run], list[str]]:
+    """Every complete results.json under `dirs`, and one line per file skipped (with why)."""
+    runs, skipped = [], []
+    for directory in dirs:
+        if not directory.is_dir():
+            raise ReportError(f"{directory} is not a directory: pass multirun dirs of train.py -m")
+        for path in sorted(directory.rglob(RESULTS)):
+            try:
+                runs.append(_parse(path, json.loads(path.read_text(encoding="utf-8"))))
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                skipped.append(f"{path}: {err.__class__.__name__}: {err}")
+                log.warning("skipped %s: %s", path, err)
+    if not runs:
+        found = f" ({len(skipped)} unreadable)" if skipped else ""
+        raise ReportError(
+            f"no complete {RESULTS} under {', '.join(map(str, dirs))}{found}: run a sweep first,"
+            " e.g. python train.py -m sweep=lr_grid"
+        )
+    return runs, skipped
+
+
+def _parse(path: Path, payload: Any) -> Run:
+    if not isinstance(payload, dict) or payload.get("status") != "complete":
+        raise ValueError("not a complete run (status != 'complete')")
+    config, metric = payload["config"], payload.get("metric", "acc")
+    return Run(
+        path=path.parent,
+        group=tuple(str(config[g]["name"]) for g in GROUP),  # type: ignore[arg-type]
+        lr=float(config["lr"]),
+        seed=int(config["seed"]),
+        metric=metric,
+        val=float(payload[f"val/{metric}"]),
+        test=float(payload[f"test/{metric}"]),
+        best_step=int(payload["best_step"]),
+        history=list(payload.get("history", [])),
+        config=config,
+    )
+
+
+def mean_sem(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean (sample std / sqrt(n)); SEM is nan for one value."""
+    mean = statistics.fmean(values)
+    sem = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.nan
+    return mean, sem
+
+
+def aggregate(runs: list[Run]) -> list[Selection]:
+    """Per group: stats per LR and the LR with the best mean validation metric."""
+    groups: dict[tuple[str, str, str, str], list[Run]] = defaultdict(list)
+    for r in runs:
+        groups[r.group].append(r)
+    selections = []
+    for group, members in sorted(groups.items()):
+        _check_compatible(group, members)
+        by_lr: dict[float, list[Run]] = defaultdict(list)
+        for r in members:
+            by_lr[r.lr].append(r)
+        per_lr = []
+        for lr, at_lr in sorted(by_lr.items()):
+            seeds = [r.seed for r in at_lr]
+            if len(set(seeds)) != len(seeds):
+                paths = ", ".join(str(r.path) for r in at_lr)
+                raise ReportError(f"{group} lr={lr} has duplicate seeds {seeds} ({paths})")
+            per_lr.append(
+                LrStats(
+                    lr,
+                    tuple(sorted(seeds)),
+                    mean_sem([r.val for r in at_lr]),
+                    mean_sem([r.test for r in at_lr]),
+                    mean_sem([float(r.best_step) for r in at_lr]),
+                )
+            )
+        best = max(per_lr, key=lambda s: s.val[0])  # ties: the smallest LR (first maximum)
+        selections.append(Selection(group, members[0].metric, per_lr, best, by_lr[best.lr]))
+    return selections
+
+
+def _check_compatible(group: tuple[str, ...], runs: list[Run]) -> None:
+    """Runs of one group may differ only in LR, seed and output settings."""
+    first = runs[0]
+    for other in runs[1:]:
+        if other.metric != first.metric:
+            raise ReportError(
+                f"mixed metrics in {group}: {first.metric!r} ({first.path}) and "
+                f"{other.metric!r} ({other.path})"
+            )
+        keys = sorted(_differences(first.config, other.config))
+        if keys:
+            raise ReportError(
+                f"incompatible runs in {group}: {', '.join(keys)} differ between {first.path} "
+                f"and {other.path}; report them separately (one dir per setting)"
+            )
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> set[str]:
+    keys = set(a) | set(b)
+    if not prefix:
+        keys -= FREE_KEYS
+    found = set()
+    for k in keys:
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            found |= _differences(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            found.add(f"{prefix}{k}")
+    return found
+
+
+def load_paper(name: str) -> dict[tuple[str, str, str], float]:
+    """Published test metrics {(task, model, variant): value in [0, 1]} of `--compare name`."""
+    if name not in PAPERS:
+        raise ReportError(f"unknown --compare {name!r}; choose one of: {', '.join(PAPERS)}")
+    text = resources.files("xmodal_ft.data").joinpath(PAPERS[name]).read_text(encoding="utf-8")
+    rows = csv.DictReader(line for line in io.StringIO(text) if not line.startswith("#"))
+    return {
+        (r["task"], r["model"], r["variant"]): float(r["test_acc"]) / 100
+        for r in rows
+        if r["test_acc"].strip()
+    }
+
+
+def _fmt(mean_and_sem: tuple[float, float], scale: float = 100.0, digits: int = 1) -> str:
+    mean, sem = mean_and_sem
+    sem_text = "n/a" if math.isnan(sem) else f"{sem * scale:.{digits}f}"
+    return f"{mean * scale:.{digits}f} ± {sem_text}"
+
+
+def write(
+    selections: list[Selection],
+    out: Path,
+    skipped: list[str],
+    paper: dict[tuple[str, str, str], float] | None = None,
+) -> list[Path]:
+    """Write report.md, results.csv, test_table.csv and PNG plots into `out`; return the paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [
+        _write_csv(selections, out / "results.csv", paper),
+        _write_test_table(selections, out / "test_table.csv", paper),
+        _write_markdown(selections, out / "report.md", skipped, paper),
+    ]
+    from xmodal_ft import report_plots
+
+    paths += report_plots.lr_curves(selections, out)
+    paths += report_plots.training_curves(selections, out)
+    return paths
+
+
+def _paper_value(paper: dict | None, s: Selection) -> float | None:
+    return None if paper is None else paper.get((s.group[0], s.group[1], s.group[2]))
+
+
+def _write_csv(selections: list[Selection], path: Path, paper: dict | None) -> Path:
+    fields = [*GROUP, "metric", "lr", "n_seeds", "val_mean", "val_sem", "test_mean", "test_sem"]
+    fields += ["steps_mean", "steps_sem"] + (["paper_test"] if paper is not None else [])
+    with path.open("w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(fields)
+        for s in selections:
+            b = s.best
+            row = [*s.group, s.metric, b.lr, len(b.seeds), *b.val, *b.test, *b.steps]
+            if paper is not None:
+                value = _paper_value(paper, s)
+                row.append("" if value is None else value)
+            writer.writerow(row)
+    return path
+
+
+def _pivot(selections: list[Selection]) -> dict[tuple[str, str], dict[str, dict[str, Selection]]]:
+    """{(model, scheme): {task: {variant: selection}}}: Rothermel et al. Table 1 shape."""
+    tables: dict[tuple[str, str], dict[str, dict[str, Selection]]] = defaultdict(
+        lambda: defaultdict(dict)
+    )
+    for s in selections:
+        task, model, variant, scheme = s.group
+        tables[(model, scheme)][task][variant] = s
+    return tables
+
+
+def _write_test_table(selections: list[Selection], path: Path, paper: dict | None) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        for (model, scheme), rows in _pivot(selections).items():
+            variants = sorted({v for cells in rows.values() for v in cells})
+            writer.writerow(["model", "scheme", "task", *variants])
+            for task, cells in sorted(rows.items()):
+                writer.writerow(
+                    [model, scheme, task, *(_cell(cells.get(v), paper, False) for v in variants)]
+                )
+    return path
+
+
+def _cell(s: Selection | None, paper: dict | None, with_lr: bool = True) -> str:
+    if s is None:
+        return ""
+    text = _fmt(s.best.test) + (f" (lr {s.best.lr:.0e})" if with_lr else "")
+    value = _paper_value(paper, s)
+    if paper is not None:
+        text += f" [paper {value * 100:.1f}]" if value is not None else " [paper n/a]"
+    return text
+
+
+def _write_markdown(
+    selections: list[Selection], path: Path, skipped: list[str], paper: dict | None
+) -> Path:
+    lines = ["# Sweep report", ""]
+    lines += [
+        "Test metric (×100) at the LR with the best mean validation metric, mean ± SEM over "
+        "seeds; chosen LR in parentheses.",
+        "",
+    ]
+    for (model, scheme), rows in _pivot(selections).items():
+        variants = sorted({v for cells in rows.values() for v in cells})
+        for title, cell in (
+            ("test", lambda s: _cell(s, paper)),
+            ("gradient steps to the best validation metric", lambda s: _steps(s)),
+        ):
+            lines += [f"## {model}, scheme {scheme}: {title}", ""]
+            lines += ["| task | " + " | ".join(variants) + " |"]
+            lines += ["|---" * (len(variants) + 1) + "|"]
+            for task, cells in sorted(rows.items()):
+                lines += [f"| {task} | " + " | ".join(cell(cells.get(v)) for v in variants) + " |"]
+            lines += [""]
+    if skipped:
+        lines += ["## Skipped files", "", *(f"- {line}" for line in skipped), ""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def _steps(s: Selection | None) -> str:
+    return "" if s is None else _fmt(s.best.steps, scale=1.0, digits=0)
+
+
+def log_to_wandb(paths: list[Path], project: str) -> None:
+    """Log the tables (as W&B Tables) and plots (as images) to a W&B run of job type report."""
+    import wandb
+
+    run = wandb.init(project=project, job_type="report")
+    try:
+        for path in paths:
+            if path.suffix == ".png":
+                run.log({path.stem: wandb.Image(str(path))})
+            elif path.name == "results.csv":
+                with path.open(encoding="utf-8") as file:
+                    rows = list(csv.reader(file))
+                run.log({"results": wandb.Table(columns=rows[0], data=rows[1:])})
+    finally:
+        run.finish()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="xmodal-report", description=__doc__.split("\n")[0])
+    parser.add_argument("dirs", nargs="+", type=Path, help="multirun dirs (searched recursively)")
+    parser.add_argument("--out", type=Path, help="output dir (default: <first dir>/report)")
+    parser.add_argument("--compare", choices=sorted(PAPERS), help="add published numbers")
+    parser.add_argument("--wandb", metavar="PROJECT", help="also log tables and plots to W&B")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        runs, skipped = load_runs(args.dirs)
+        selections = aggregate(runs)
+    except ReportError as err:
+        parser.exit(2, f"xmodal-report: error: {err}\n")
+    paper = load_paper(args.compare) if args.compare else None
+    out = args.out or args.dirs[0] / "report"
+    paths = write(selections, out, skipped, paper)
+    if args.wandb:
+        log_to_wandb(paths, args.wandb)
+    log.info("%d runs in %d groups -> %s (%d files skipped)", len(runs), len(selections), out,
+             len(skipped))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

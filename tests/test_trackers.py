@@ -1,0 +1,66 @@
+"""Trackers: local files by default, a W&B offline run with config, metrics and summary."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+from wandb.proto import wandb_internal_pb2
+
+from conftest import make_cfg
+from xmodal_ft import record, run
+
+
+def wandb_records(path: Path) -> list[wandb_internal_pb2.Record]:
+    """Records of a W&B run file (LevelDB-style log: 7-byte header, 32 KiB blocks of chunks)."""
+    raw, pos, chunk, out = path.read_bytes(), 7, b"", []
+    while pos + 7 <= len(raw):
+        room = 32768 - pos % 32768
+        _, length, kind = struct.unpack("<IHB", raw[pos : pos + 7]) if room >= 7 else (0, 0, 0)
+        if room < 7 or (length == 0 and kind == 0):
+            pos += room
+            continue
+        chunk += raw[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # FULL or LAST chunk
+            out.append(wandb_internal_pb2.Record.FromString(chunk))
+            chunk = b""
+    return out
+
+
+def items(update) -> dict:
+    """{key: value} of W&B history/summary/config items (slashed keys come as nested keys)."""
+    return {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in update}
+
+
+def test_wandb_offline_run_has_config_metrics_and_best_summary(tmp_path) -> None:
+    cfg = make_cfg("variant=unfrozen_random", "logger=wandb", "logger.project=test")
+    run(cfg, run_dir=tmp_path, group="sweep-1", name="lr=0.001,seed=0")
+    results = json.loads((tmp_path / "results.json").read_text())
+    [run_file] = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    records = wandb_records(run_file)
+    [meta] = [r.run for r in records if r.HasField("run")]
+    assert (meta.run_group, meta.display_name, meta.project) == (
+        "sweep-1",
+        "lr=0.001,seed=0",
+        "test",
+    )
+    assert list(meta.tags) == ["digits", "tiny_gpt2", "unfrozen_random", "fixed"]
+    config = items(meta.config.update)
+    assert config["lr"] == 1e-3 and config["task"]["name"] == "digits"
+    history = [items(r.history.item) for r in records if r.HasField("history")]
+    assert [h["_step"] for h in history if "val/acc" in h] == [0, 3, 6]
+    summary: dict = {}
+    for r in records:
+        if r.HasField("summary"):
+            summary.update(items(r.summary.update))
+    for key in ("val/acc", "test/acc", "best_step"):
+        assert summary[key] == results[key]
+    assert (tmp_path / "metrics.jsonl").exists()  # local metrics are kept alongside
+
+
+def test_unknown_logger_lists_the_choices(tmp_path) -> None:
+    with pytest.raises(ValueError, match="unknown logger 'nope'; choose one of: local, wandb"):
+        record.build_tracker({"name": "nope"}, tmp_path, {})
