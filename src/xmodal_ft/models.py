@@ -35,6 +35,7 @@ class ModelConfig:
     pooling: str = "last"
     causal: bool = True
     dropout: float | None = None
+    attn_dropout: float | None = None  # attention-probability dropout; None: as `dropout`
     kwargs: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -79,6 +80,14 @@ def build(cfg: ModelConfig, spec: TaskSpec, *, pretrained: bool, seed: int) -> C
     return CrossModalModel(backbone, spec, cfg.pooling, cfg.causal)
 
 
+def speed_up(model: CrossModalModel, *, grad_checkpointing: bool, compile: bool) -> None:
+    """Optional speed/memory trade-offs, in place: activation checkpointing, `torch.compile`."""
+    if grad_checkpointing:
+        model.backbone.gradient_checkpointing_enable({"use_reentrant": False})
+    if compile:
+        model.compile()
+
+
 def resolve_path(path: str) -> str:
     """A hub id or local dir as given, or `pkg://module` → the weights dir a pip package ships."""
     if not path.startswith(PACKAGE_SCHEME):
@@ -95,20 +104,21 @@ def resolve_path(path: str) -> str:
 
 
 def _load_backbone(cfg: ModelConfig, pretrained: bool) -> PreTrainedModel:
-    overrides = {**_dropout_overrides(cfg.dropout), **cfg.kwargs}
+    dropouts = _dropout_overrides(cfg.dropout, cfg.attn_dropout)
+    overrides = {**dropouts, **cfg.kwargs}
     if cfg.path is None:
         if pretrained:
             raise ModelLoadError(
                 f"model {cfg.name} has no pretrained weights (model.path=null): use a random-init "
                 "variant (variant=frozen_random or unfrozen_random) or set model.path=<hub id|dir>"
             )
-        config = AutoConfig.for_model(**cfg.arch, **_dropout_overrides(cfg.dropout))
+        config = AutoConfig.for_model(**cfg.arch, **dropouts)
         return AutoModel.from_config(config, attn_implementation="sdpa", **cfg.kwargs)
     path = resolve_path(cfg.path)
     try:
         if pretrained:
             return AutoModel.from_pretrained(path, attn_implementation="sdpa", **overrides)
-        config = AutoConfig.from_pretrained(path, **_dropout_overrides(cfg.dropout))
+        config = AutoConfig.from_pretrained(path, **dropouts)
         return AutoModel.from_config(config, attn_implementation="sdpa", **cfg.kwargs)
     except OSError as err:
         raise ModelLoadError(_offline_hint(cfg.name, path)) from err
@@ -128,12 +138,19 @@ def _offline_hint(name: str, path: str) -> str:
     )
 
 
-def _dropout_overrides(dropout: float | None) -> dict[str, float]:
-    if dropout is None:
-        return {}
-    names = ("resid_pdrop", "embd_pdrop", "attn_pdrop")  # GPT-2 family
-    names += ("hidden_dropout_prob", "attention_probs_dropout_prob")  # BERT family
-    return dict.fromkeys(names, dropout)
+def _dropout_overrides(dropout: float | None, attn_dropout: float | None) -> dict[str, float]:
+    """Config kwargs setting every dropout to `dropout` and attention dropout to `attn_dropout`.
+
+    Attention dropout > 0 forces SDPA's slow math path that materialises the attention matrix
+    (on CPU), so `attn_dropout=0` is the fast setting at long sequences.
+    """
+    out: dict[str, float] = {}
+    if dropout is not None:
+        out |= dict.fromkeys(("resid_pdrop", "embd_pdrop", "hidden_dropout_prob"), dropout)
+    attn = attn_dropout if attn_dropout is not None else dropout
+    if attn is not None:
+        out |= dict.fromkeys(("attn_pdrop", "attention_probs_dropout_prob"), attn)
+    return out
 
 
 def _drop_token_embeddings(backbone: PreTrainedModel) -> None:
