@@ -82,8 +82,11 @@ def build(cfg: ModelConfig, spec: TaskSpec, *, pretrained: bool, seed: int) -> C
 
 def speed_up(model: CrossModalModel, *, grad_checkpointing: bool, compile: bool) -> None:
     """Optional speed/memory trade-offs, in place: activation checkpointing, `torch.compile`."""
-    if grad_checkpointing:
-        model.backbone.gradient_checkpointing_enable({"use_reentrant": False})
+    if grad_checkpointing:  # transformers >= 5 renamed gradient_checkpointing_enable
+        backbone = model.backbone
+        enable = getattr(backbone, "activation_checkpointing_enable", None)
+        enable = enable or backbone.gradient_checkpointing_enable
+        enable({"use_reentrant": False})
     if compile:
         model.compile()
 
