@@ -107,21 +107,23 @@ def resolve_path(path: str) -> str:
 
 
 def _load_backbone(cfg: ModelConfig, pretrained: bool) -> PreTrainedModel:
-    dropouts = _dropout_overrides(cfg.dropout, cfg.attn_dropout)
-    overrides = {**dropouts, **cfg.kwargs}
     if cfg.path is None:
         if pretrained:
             raise ModelLoadError(
                 f"model {cfg.name} has no pretrained weights (model.path=null): use a random-init "
                 "variant (variant=frozen_random or unfrozen_random) or set model.path=<hub id|dir>"
             )
-        config = AutoConfig.for_model(**cfg.arch, **dropouts)
+        config = AutoConfig.for_model(**cfg.arch)
+        _set_dropout(config, cfg.dropout, cfg.attn_dropout)
         return AutoModel.from_config(config, attn_implementation="sdpa", **cfg.kwargs)
     path = resolve_path(cfg.path)
     try:
+        config = AutoConfig.from_pretrained(path)
+        _set_dropout(config, cfg.dropout, cfg.attn_dropout)
         if pretrained:
-            return AutoModel.from_pretrained(path, attn_implementation="sdpa", **overrides)
-        config = AutoConfig.from_pretrained(path, **dropouts)
+            return AutoModel.from_pretrained(
+                path, config=config, attn_implementation="sdpa", **cfg.kwargs
+            )
         return AutoModel.from_config(config, attn_implementation="sdpa", **cfg.kwargs)
     except OSError as err:
         raise ModelLoadError(_offline_hint(cfg.name, path)) from err
@@ -141,19 +143,21 @@ def _offline_hint(name: str, path: str) -> str:
     )
 
 
-def _dropout_overrides(dropout: float | None, attn_dropout: float | None) -> dict[str, float]:
-    """Config kwargs setting every dropout to `dropout` and attention dropout to `attn_dropout`.
+def _set_dropout(config: PretrainedConfig, dropout: float | None, attn: float | None) -> None:
+    """Set the config's dropouts to `dropout` and its attention dropout to `attn` (None: keep).
 
     Attention dropout > 0 forces SDPA's slow math path that materialises the attention matrix
     (on CPU), so `attn_dropout=0` is the fast setting at long sequences.
     """
-    out: dict[str, float] = {}
+    values: dict[str, float] = {}
     if dropout is not None:
-        out |= dict.fromkeys(("resid_pdrop", "embd_pdrop", "hidden_dropout_prob"), dropout)
-    attn = attn_dropout if attn_dropout is not None else dropout
+        values |= dict.fromkeys(("resid_pdrop", "embd_pdrop", "hidden_dropout_prob"), dropout)
+    attn = attn if attn is not None else dropout
     if attn is not None:
-        out |= dict.fromkeys(("attn_pdrop", "attention_probs_dropout_prob"), attn)
-    return out
+        values |= dict.fromkeys(("attn_pdrop", "attention_probs_dropout_prob"), attn)
+    for name, value in values.items():
+        if hasattr(config, name):  # GPT-2 and BERT families name them differently
+            setattr(config, name, value)
 
 
 def _drop_token_embeddings(backbone: PreTrainedModel) -> None:

@@ -24,7 +24,7 @@ from xmodal_ft.bench import hardware, report, suite
 from xmodal_ft.bench.sweep import sweep_overhead
 
 log = logging.getLogger("xmodal_ft.bench")
-SECTIONS = (*suite.SECTIONS, "sweep")
+SECTIONS = ("throughput", "memory", "sweep", "optimisations", "scaling")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     device = engine.select_device()
     out: dict[str, Any] = {"quick": args.quick, "machine": hardware.describe(device)}
+    stem = f"{args.name or platform.node()}{'-quick' if args.quick else ''}"
     out["peak_flops"] = hardware.peak_matmul_flops(device)
     log.info("matmul peak %.1f GFLOP/s", out["peak_flops"] / 1e9)
     for section in args.sections:
@@ -42,10 +43,9 @@ def main(argv: list[str] | None = None) -> None:
             out["sweep"] = sweep_overhead(max_steps=20 if args.quick else 100)
         else:
             out[section] = _run_jobs(suite.SECTIONS[section](args.quick))
-        log.info("%s done at %.0f s", section, time.perf_counter() - start)
-    out["seconds"] = time.perf_counter() - start
-    stem = platform.node() if args.name is None else args.name
-    _, md = report.write(out, args.out, f"{stem}{'-quick' if args.quick else ''}")
+        out["seconds"] = time.perf_counter() - start
+        _, md = report.write(out, args.out, stem)  # after each section: partial results survive
+        log.info("%s done at %.0f s", section, out["seconds"])
     print(md.read_text())
 
 
