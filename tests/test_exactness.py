@@ -121,3 +121,11 @@ def test_compile_keeps_the_losses() -> None:
     (plain,) = losses(TINY)
     (compiled,) = losses(TINY.with_(compile=True))
     torch.testing.assert_close(compiled, plain, rtol=0, atol=1e-5)
+
+
+def test_dropout_keys_apply_to_pretrained_checkpoints(tiny_bert_dir) -> None:  # noqa: ANN001
+    spec = synthetic_task(TINY, 4).spec
+    cfg = make_cfg("model=tiny_bert", f"model.path={tiny_bert_dir}", "model.attn_dropout=0")
+    model = models.build(models.ModelConfig(**cfg.model), spec, pretrained=True, seed=0)
+    assert model.backbone.config.attention_probs_dropout_prob == 0.0
+    assert model.backbone.config.hidden_dropout_prob == 0.1  # the checkpoint's
