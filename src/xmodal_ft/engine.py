@@ -58,6 +58,23 @@ def select_device(name: str = "auto") -> torch.device:
     return device
 
 
+_DEFAULT_THREADS = torch.get_num_threads()
+SMALL_MODEL_PARAMS = 10_000_000
+
+
+def set_threads(threads: int | str | None, n_params: int) -> int:
+    """Set torch's intra-op threads: a number, None (torch's default), or "auto".
+
+    "auto" uses one thread for models under 10M parameters, whose many tiny ops gain nothing from
+    threads and slow down badly when other processes compete for the cores (OpenMP spin-waits),
+    and torch's default otherwise. Returns the thread count in use.
+    """
+    if threads == "auto":
+        threads = 1 if n_params < SMALL_MODEL_PARAMS else None
+    torch.set_num_threads(_DEFAULT_THREADS if threads is None else int(threads))
+    return torch.get_num_threads()
+
+
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA; full precision elsewhere (bf16 is emulated and slow on CPUs)."""
     if device.type == "cuda":
@@ -167,7 +184,7 @@ def fit(
     return FitResult(best_val, best_step, test, step, stopped_early, train_seconds, history)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(
     model: nn.Module, split: Split, names: tuple[str, ...], batch_size: int
 ) -> dict[str, float]:

@@ -35,6 +35,7 @@ class ModelConfig:
     pooling: str = "last"
     causal: bool = True
     dropout: float | None = None
+    attn_dropout: float | None = None  # attention-probability dropout; None: as `dropout`
     kwargs: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -79,6 +80,17 @@ def build(cfg: ModelConfig, spec: TaskSpec, *, pretrained: bool, seed: int) -> C
     return CrossModalModel(backbone, spec, cfg.pooling, cfg.causal)
 
 
+def speed_up(model: CrossModalModel, *, grad_checkpointing: bool, compile: bool) -> None:
+    """Optional speed/memory trade-offs, in place: activation checkpointing, `torch.compile`."""
+    if grad_checkpointing:  # transformers >= 5 renamed gradient_checkpointing_enable
+        backbone = model.backbone
+        enable = getattr(backbone, "activation_checkpointing_enable", None)
+        enable = enable or backbone.gradient_checkpointing_enable
+        enable({"use_reentrant": False})
+    if compile:
+        model.compile()
+
+
 def resolve_path(path: str) -> str:
     """A hub id or local dir as given, or `pkg://module` → the weights dir a pip package ships."""
     if not path.startswith(PACKAGE_SCHEME):
@@ -95,20 +107,23 @@ def resolve_path(path: str) -> str:
 
 
 def _load_backbone(cfg: ModelConfig, pretrained: bool) -> PreTrainedModel:
-    overrides = {**_dropout_overrides(cfg.dropout), **cfg.kwargs}
     if cfg.path is None:
         if pretrained:
             raise ModelLoadError(
                 f"model {cfg.name} has no pretrained weights (model.path=null): use a random-init "
                 "variant (variant=frozen_random or unfrozen_random) or set model.path=<hub id|dir>"
             )
-        config = AutoConfig.for_model(**cfg.arch, **_dropout_overrides(cfg.dropout))
+        config = AutoConfig.for_model(**cfg.arch)
+        _set_dropout(config, cfg.dropout, cfg.attn_dropout)
         return AutoModel.from_config(config, attn_implementation="sdpa", **cfg.kwargs)
     path = resolve_path(cfg.path)
     try:
+        config = AutoConfig.from_pretrained(path)
+        _set_dropout(config, cfg.dropout, cfg.attn_dropout)
         if pretrained:
-            return AutoModel.from_pretrained(path, attn_implementation="sdpa", **overrides)
-        config = AutoConfig.from_pretrained(path, **_dropout_overrides(cfg.dropout))
+            return AutoModel.from_pretrained(
+                path, config=config, attn_implementation="sdpa", **cfg.kwargs
+            )
         return AutoModel.from_config(config, attn_implementation="sdpa", **cfg.kwargs)
     except OSError as err:
         raise ModelLoadError(_offline_hint(cfg.name, path)) from err
@@ -128,12 +143,21 @@ def _offline_hint(name: str, path: str) -> str:
     )
 
 
-def _dropout_overrides(dropout: float | None) -> dict[str, float]:
-    if dropout is None:
-        return {}
-    names = ("resid_pdrop", "embd_pdrop", "attn_pdrop")  # GPT-2 family
-    names += ("hidden_dropout_prob", "attention_probs_dropout_prob")  # BERT family
-    return dict.fromkeys(names, dropout)
+def _set_dropout(config: PretrainedConfig, dropout: float | None, attn: float | None) -> None:
+    """Set the config's dropouts to `dropout` and its attention dropout to `attn` (None: keep).
+
+    Attention dropout > 0 forces SDPA's slow math path that materialises the attention matrix
+    (on CPU), so `attn_dropout=0` is the fast setting at long sequences.
+    """
+    values: dict[str, float] = {}
+    if dropout is not None:
+        values |= dict.fromkeys(("resid_pdrop", "embd_pdrop", "hidden_dropout_prob"), dropout)
+    attn = attn if attn is not None else dropout
+    if attn is not None:
+        values |= dict.fromkeys(("attn_pdrop", "attention_probs_dropout_prob"), attn)
+    for name, value in values.items():
+        if hasattr(config, name):  # GPT-2 and BERT families name them differently
+            setattr(config, name, value)
 
 
 def _drop_token_embeddings(backbone: PreTrainedModel) -> None:

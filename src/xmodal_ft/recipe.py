@@ -78,7 +78,9 @@ def _run_seed(
         seed=cfg.seed,
     )
     params = variants.apply(model, variant)
+    engine.set_threads(cfg.threads, params["total"])
     model.to(device)
+    models.speed_up(model, grad_checkpointing=cfg.grad_checkpointing, compile=cfg.compile)
     plan = schemes.build(model, schemes.SchemeConfig(**_plain(cfg.scheme)), lr=cfg.lr)
     log.info(
         "device %s | task %s | model %s | variant %s | scheme %s",

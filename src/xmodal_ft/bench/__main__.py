@@ -1,0 +1,93 @@
+"""python -m xmodal_ft.bench [--quick] [--sections throughput,memory,...] [--out DIR]
+
+Runs every section side by side on this machine and writes <out>/<machine>[-quick].{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from itertools import groupby
+from pathlib import Path
+from typing import Any
+
+from xmodal_ft import engine
+from xmodal_ft.bench import hardware, report, suite
+from xmodal_ft.bench.sweep import sweep_overhead
+
+log = logging.getLogger("xmodal_ft.bench")
+SECTIONS = ("throughput", "memory", "sweep", "optimisations", "scaling")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if importlib.util.find_spec("accelerate") is None and "throughput" in args.sections:
+        sys.exit("the HF Trainer comparison needs accelerate: pip install -e .[bench]")
+    start = time.perf_counter()
+    device = engine.select_device()
+    out: dict[str, Any] = {"quick": args.quick, "machine": hardware.describe(device)}
+    stem = f"{args.name or platform.node()}{'-quick' if args.quick else ''}"
+    out["peak_flops"] = hardware.peak_matmul_flops(device)
+    log.info("matmul peak %.1f GFLOP/s", out["peak_flops"] / 1e9)
+    for section in args.sections:
+        if section == "sweep":
+            out["sweep"] = sweep_overhead(max_steps=20 if args.quick else 100)
+        else:
+            out[section] = _run_jobs(suite.SECTIONS[section](args.quick))
+        out["seconds"] = time.perf_counter() - start
+        _, md = report.write(out, args.out, stem)  # after each section: partial results survive
+        log.info("%s done at %.0f s", section, out["seconds"])
+    print(md.read_text())
+
+
+def _run_jobs(jobs: list[suite.Job]) -> list[list[dict[str, Any]]]:
+    """Each job in a fresh worker process; jobs with the same non-empty group share one."""
+    results = []
+    for group, members in groupby(jobs, key=lambda j: j.group or id(j)):
+        batch = list(members)
+        payload = [
+            {"case": asdict(j.case), "tools": list(j.tools), "count_flops": j.count_flops}
+            for j in batch
+        ]
+        log.info("running %s", ", ".join(j.case.name for j in batch))
+        proc = subprocess.run(
+            [sys.executable, "-m", "xmodal_ft.bench.worker", json.dumps(payload)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_OFFLINE": "1"},
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"worker for {group} failed:\n{proc.stderr[-3000:]}")
+        results += json.loads(proc.stdout.strip().splitlines()[-1])
+    return results
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m xmodal_ft.bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="few steps: ~10 min on 2 cores")
+    parser.add_argument(
+        "--sections",
+        type=lambda s: s.split(","),
+        default=list(SECTIONS),
+        help=f"comma-separated subset of {','.join(SECTIONS)}",
+    )
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--name", help="report file stem (default: the host name)")
+    args = parser.parse_args(argv)
+    unknown = set(args.sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}; choose from {','.join(SECTIONS)}")
+    return args
+
+
+if __name__ == "__main__":
+    main()

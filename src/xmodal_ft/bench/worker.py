@@ -1,0 +1,81 @@
+"""One case measured in a fresh process, so its peak memory and warm caches are its own.
+
+python -m xmodal_ft.bench.worker '[{"tools": ["xmodal", "trainer"], "case": {...}}, ...]'
+prints one JSON line (per job, a list of one result per tool) as the last line of stdout.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import statistics
+import sys
+from typing import Any
+
+import torch.nn.functional as F
+
+from xmodal_ft import engine
+from xmodal_ft.bench import hardware
+from xmodal_ft.bench.cases import Case, build_model, synthetic_task
+from xmodal_ft.bench.tools import TOOLS
+
+
+def measure(case: Case, tools: list[str], count_flops: bool = True) -> list[dict[str, Any]]:
+    """Train `case` with each tool from the same initial weights; throughput, losses, FLOPs.
+
+    Peak memory is the process's peak after each tool, so it is exact for the first tool only.
+    """
+    device = engine.select_device()
+    data = synthetic_task(case, n_train=case.batch * (case.warmup + case.steps))
+    model = build_model(case, data.spec, device)
+    initial = copy.deepcopy(model.state_dict())
+    n_params = sum(p.numel() for p in model.parameters())
+    results = []
+    for tool in tools:
+        model.load_state_dict(initial)
+        # xmodal-ft's engine as train.py sets it up; the other tools with torch's default threads
+        threads = engine.set_threads(case.threads if tool == "xmodal" else None, n_params)
+        result = TOOLS[tool](model, data, case)
+        timed = result["step_seconds"][case.warmup :]
+        if len(timed) != case.steps:
+            raise RuntimeError(f"{tool} ran {len(result['step_seconds'])} steps, expected more")
+        step_s = statistics.median(timed)
+        results.append(
+            {
+                "tool": tool,
+                "case": case.as_dict(),
+                "step_seconds": step_s,
+                "samples_per_s": case.batch / step_s,
+                "tokens_per_s": case.batch * case.seq_len / step_s,
+                "losses": result["losses"],
+                "peak_memory_bytes": hardware.peak_memory_bytes(device),
+                "params": n_params,
+                "threads": threads,
+                "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            }
+        )
+    if count_flops:  # one sample (FLOPs are linear in the batch), then scaled
+        x, y = data.train.x[:1].to(device), data.train.y[:1].to(device)
+
+        def step() -> None:
+            with engine.autocast(device):
+                F.cross_entropy(model(x), y).backward()
+
+        flops = hardware.count_flops(step) * case.batch
+        for r in results:
+            r["flops_per_step"] = flops
+    return results
+
+
+def main(argv: list[str]) -> None:
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    jobs = json.loads(argv[0])
+    results = [
+        measure(Case(**job["case"]), job["tools"], job.get("count_flops", True)) for job in jobs
+    ]
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
