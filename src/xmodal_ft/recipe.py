@@ -28,7 +28,8 @@ def run(cfg: DictConfig, run_dir: Path | str, choices: Mapping[str, Any] | None 
     _validate(cfg)
     started = time.time()
     device = engine.select_device(cfg.device)
-    data = tasks.build(_plain(cfg.task), cache_dir=cfg.cache_dir)
+    tokenizer = models.resolve_path(cfg.model.path) if cfg.model.path else None
+    data = tasks.build(_plain(cfg.task), cache_dir=cfg.cache_dir, tokenizer=tokenizer)
     variant = variants.VariantConfig(**_plain(cfg.variant))
     model = models.build(
         models.ModelConfig(**_plain(cfg.model)),
@@ -36,9 +37,12 @@ def run(cfg: DictConfig, run_dir: Path | str, choices: Mapping[str, Any] | None 
         pretrained=variant.pretrained,
         seed=cfg.seed,
     )
-    params = variants.apply(model, variant)
+    variants.apply(model, variant)
     model.to(device)
-    plan = schemes.build(model, schemes.SchemeConfig(**_plain(cfg.scheme)), lr=cfg.lr)
+    fit_cfg = _fit_config(cfg, steps_per_epoch=len(data.train) // cfg.batch_size)
+    scheme = schemes.SchemeConfig(**_plain(cfg.scheme))
+    plan = schemes.build(model, scheme, lr=cfg.lr, total_steps=fit_cfg.max_steps)
+    params = plan.params
     log.info(
         "device %s | task %s | model %s | variant %s | scheme %s",
         device,
@@ -49,7 +53,7 @@ def run(cfg: DictConfig, run_dir: Path | str, choices: Mapping[str, Any] | None 
     )
     tracker = record.LocalTracker(run_dir)
     try:
-        result = engine.fit(model, plan, data, _fit_config(cfg), tracker)
+        result = engine.fit(model, plan, data, fit_cfg, tracker)
         payload = _results(cfg, choices, params, result, device, time.time() - started)
         tracker.summary(payload)
         record.write_results(run_dir, payload)
@@ -66,6 +70,8 @@ def _validate(cfg: DictConfig) -> None:
     for key in ("batch_size", "max_steps", "eval_every"):
         if not cfg[key] >= 1:
             raise ConfigError(f"{key}={cfg[key]} must be a positive integer")
+    if cfg.max_epochs is not None and not cfg.max_epochs >= 1:
+        raise ConfigError(f"max_epochs={cfg.max_epochs} must be >= 1, or null to use max_steps")
     if cfg.patience is not None and cfg.patience < 1:
         raise ConfigError(f"patience={cfg.patience} must be >= 1, or null to never stop early")
 
@@ -74,10 +80,15 @@ def _plain(node: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
 
 
-def _fit_config(cfg: DictConfig) -> FitConfig:
+def _fit_config(cfg: DictConfig, steps_per_epoch: int) -> FitConfig:
+    """The loop's settings; an epoch budget (max_epochs) replaces max_steps when set."""
+    max_steps = cfg.max_steps
+    if cfg.max_epochs is not None:
+        max_steps = max(1, cfg.max_epochs * steps_per_epoch)
+        log.info("max_epochs=%d: %d steps of batch %d", cfg.max_epochs, max_steps, cfg.batch_size)
     return FitConfig(
         batch_size=cfg.batch_size,
-        max_steps=cfg.max_steps,
+        max_steps=max_steps,
         eval_every=cfg.eval_every,
         patience=cfg.patience,
         grad_clip=cfg.grad_clip,
