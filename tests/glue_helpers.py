@@ -21,9 +21,12 @@ VOCAB = [
     *string.digits,
     *".,'!?-\"",
 ]
-POSITIVE = ["a charming and often affecting journey", "it 's a \"fun\" ride", "good , warm film"]
+POSITIVE = ["a charming and often affecting journey", 'it \'s a "fun" ride', "good , warm film"]
 NEGATIVE = ["unflinchingly bleak and desperate", "no wit , only labored gags", "dull and slow"]
-ACCEPTABLE = ["our friends won't buy this analysis .", "the sailors rode the breeze clear of the rocks ."]
+ACCEPTABLE = [
+    "our friends won't buy this analysis .",
+    "the sailors rode the breeze clear of the rocks .",
+]
 UNACCEPTABLE = ["they drank the pub .", "the more we study verbs , the crazier they get get ."]
 
 

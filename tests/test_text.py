@@ -12,8 +12,14 @@ import pytest
 import torch
 
 from conftest import make_cfg
-from glue_helpers import NEGATIVE, POSITIVE, save_tiny_text_model, tiny_tokenizer, write_cola
-from glue_helpers import write_sst2
+from glue_helpers import (
+    NEGATIVE,
+    POSITIVE,
+    save_tiny_text_model,
+    tiny_tokenizer,
+    write_cola,
+    write_sst2,
+)
 from xmodal_ft import models, run, tasks
 from xmodal_ft.tasks import DataError, text
 
@@ -39,7 +45,10 @@ def test_sst2_reader_reads_glue_format_with_header(tmp_path: Path) -> None:
 def test_cola_reader_reads_four_columns_without_header(tmp_path: Path) -> None:
     path = tmp_path / "train.tsv"
     path.write_text("gj04\t1\t\tOur friends won't buy this.\ngj04\t0\t*\tThey drank the pub.\n")
-    assert text.read_cola_tsv(path) == (["Our friends won't buy this.", "They drank the pub."], [1, 0])
+    assert text.read_cola_tsv(path) == (
+        ["Our friends won't buy this.", "They drank the pub."],
+        [1, 0],
+    )
 
 
 @pytest.mark.parametrize(
@@ -51,7 +60,9 @@ def test_cola_reader_reads_four_columns_without_header(tmp_path: Path) -> None:
         (text.read_cola_tsv, "", "has no examples"),
     ],
 )
-def test_malformed_glue_files_name_the_line(tmp_path: Path, reader, content: str, match: str) -> None:
+def test_malformed_glue_files_name_the_line(
+    tmp_path: Path, reader, content: str, match: str
+) -> None:
     (tmp_path / "train.tsv").write_text(content)
     with pytest.raises(DataError, match=match):
         reader(tmp_path / "train.tsv")

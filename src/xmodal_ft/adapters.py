@@ -1,4 +1,4 @@
-"""Houlsby adapters (Houlsby et al. 2019, "Parameter-Efficient Transfer Learning for NLP", sec. 2.1).
+"""Houlsby adapters (Houlsby et al. 2019, "Parameter-Efficient Transfer Learning for NLP", 2.1).
 
 A bottleneck (down-projection to hidden/reduction, nonlinearity, up-projection, residual) after
 the attention output projection and after the feed-forward output projection of every layer,

@@ -21,7 +21,9 @@ def slanted_triangular(total_steps: int, cut_frac: float = 0.1, ratio: float = 3
     using total_steps - cut lands exactly on the floor at the end when it is not.
     """
     if total_steps < 2:
-        raise ValueError(f"slanted_triangular needs a budget of >= 2 steps (max_steps), got {total_steps}")
+        raise ValueError(
+            f"slanted_triangular needs a budget of >= 2 steps (max_steps), got {total_steps}"
+        )
     if not 0 < cut_frac < 1:
         raise ValueError(f"scheme.cut_frac={cut_frac} must lie in (0, 1) (ULMFiT: 0.1)")
     if not ratio >= 1:
@@ -44,7 +46,5 @@ SCHEDULES: dict[str, Callable[[int, float, float], Schedule]] = {
 def build(name: str, total_steps: int, cut_frac: float, ratio: float) -> Schedule:
     """The schedule called `name` over `total_steps` steps."""
     if name not in SCHEDULES:
-        raise ValueError(
-            f"unknown scheme.schedule {name!r}; choose one of: {', '.join(SCHEDULES)}"
-        )
+        raise ValueError(f"unknown scheme.schedule {name!r}; choose one of: {', '.join(SCHEDULES)}")
     return SCHEDULES[name](total_steps, cut_frac, ratio)

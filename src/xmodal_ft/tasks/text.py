@@ -81,7 +81,10 @@ def _glue(
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     encode = lambda rows: _encode(tok, rows, max_len, pad_id)  # noqa: E731
     train, val = carve_validation(encode(raw_train), val_size, split_seed)
-    train, test = subsample(train, n_train, split_seed), subsample(encode(raw_test), n_test, split_seed)
+    train, test = (
+        subsample(train, n_train, split_seed),
+        subsample(encode(raw_test), n_test, split_seed),
+    )
     seq_len = max(int(s.lengths.max()) for s in (train, val, test))
     spec = TaskSpec(
         name, NUM_CLASSES, "text", seq_len=seq_len, vocab_size=len(tok), pad_id=pad_id,
