@@ -70,6 +70,7 @@ def _glue(
     n_train: int | None = None,
     n_test: int | None = None,
 ) -> TaskData:
+    """Read (GLUE TSV or hub), tokenize, carve validation from train; dev becomes test."""
     if max_len < 2:
         raise DataError(f"task.max_len={max_len} must be >= 2 tokens")
     if data_dir is None:
@@ -79,12 +80,9 @@ def _glue(
         raw_train, raw_test = reader(root / "train.tsv"), reader(root / "dev.tsv")
     tok = _load_tokenizer(tokenizer)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    encode = lambda rows: _encode(tok, rows, max_len, pad_id)  # noqa: E731
-    train, val = carve_validation(encode(raw_train), val_size, split_seed)
-    train, test = (
-        subsample(train, n_train, split_seed),
-        subsample(encode(raw_test), n_test, split_seed),
-    )
+    train, val = carve_validation(_encode(tok, raw_train, max_len, pad_id), val_size, split_seed)
+    train = subsample(train, n_train, split_seed)
+    test = subsample(_encode(tok, raw_test, max_len, pad_id), n_test, split_seed)
     seq_len = max(int(s.lengths.max()) for s in (train, val, test))
     spec = TaskSpec(
         name, NUM_CLASSES, "text", seq_len=seq_len, vocab_size=len(tok), pad_id=pad_id,
