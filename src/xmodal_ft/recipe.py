@@ -69,7 +69,8 @@ def _run_seed(
         return done[f"val/{done['metric']}"]
     started = time.time()
     device = engine.select_device(cfg.device)
-    data = tasks.build(_plain(cfg.task), cache_dir=cfg.cache_dir)
+    tokenizer = models.resolve_path(cfg.model.path) if cfg.model.path else None
+    data = tasks.build(_plain(cfg.task), cache_dir=cfg.cache_dir, tokenizer=tokenizer)
     variant = variants.VariantConfig(**_plain(cfg.variant))
     model = models.build(
         models.ModelConfig(**_plain(cfg.model)),
@@ -77,11 +78,14 @@ def _run_seed(
         pretrained=variant.pretrained,
         seed=cfg.seed,
     )
-    params = variants.apply(model, variant)
-    engine.set_threads(cfg.threads, params["total"])
+    variants.apply(model, variant)
     model.to(device)
+    fit_cfg = _fit_config(cfg, steps_per_epoch=len(data.train) // cfg.batch_size)
+    scheme = schemes.SchemeConfig(**_plain(cfg.scheme))
+    plan = schemes.build(model, scheme, lr=cfg.lr, total_steps=fit_cfg.max_steps)
+    params = plan.params
+    engine.set_threads(cfg.threads, params["total"])
     models.speed_up(model, grad_checkpointing=cfg.grad_checkpointing, compile=cfg.compile)
-    plan = schemes.build(model, schemes.SchemeConfig(**_plain(cfg.scheme)), lr=cfg.lr)
     log.info(
         "device %s | task %s | model %s | variant %s | scheme %s",
         device,
@@ -96,7 +100,7 @@ def _run_seed(
     tracker = record.build_tracker(_plain(cfg.logger), run_dir, meta)
     checkpoint_path = run_dir / f"checkpoint-{key}.pt" if cfg.checkpoint_every else None
     try:
-        result = engine.fit(model, plan, data, _fit_config(cfg), tracker, checkpoint_path)
+        result = engine.fit(model, plan, data, fit_cfg, tracker, checkpoint_path)
         payload = _results(cfg, choices, params, result, device, time.time() - started)
         payload.update(config_hash=key, metric=metric)
         tracker.summary(payload)
@@ -117,6 +121,8 @@ def _validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={cfg[key]} must be a positive integer")
     if cfg.checkpoint_every is not None and cfg.checkpoint_every < 1:
         raise ConfigError(f"checkpoint_every={cfg.checkpoint_every} must be >= 1, or null")
+    if cfg.max_epochs is not None and not cfg.max_epochs >= 1:
+        raise ConfigError(f"max_epochs={cfg.max_epochs} must be >= 1, or null to use max_steps")
     if cfg.patience is not None and cfg.patience < 1:
         raise ConfigError(f"patience={cfg.patience} must be >= 1, or null to never stop early")
 
@@ -125,10 +131,15 @@ def _plain(node: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
 
 
-def _fit_config(cfg: DictConfig) -> FitConfig:
+def _fit_config(cfg: DictConfig, steps_per_epoch: int) -> FitConfig:
+    """The loop's settings; an epoch budget (max_epochs) replaces max_steps when set."""
+    max_steps = cfg.max_steps
+    if cfg.max_epochs is not None:
+        max_steps = max(1, cfg.max_epochs * steps_per_epoch)
+        log.info("max_epochs=%d: %d steps of batch %d", cfg.max_epochs, max_steps, cfg.batch_size)
     return FitConfig(
         batch_size=cfg.batch_size,
-        max_steps=cfg.max_steps,
+        max_steps=max_steps,
         eval_every=cfg.eval_every,
         patience=cfg.patience,
         grad_clip=cfg.grad_clip,

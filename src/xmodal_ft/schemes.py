@@ -1,19 +1,46 @@
-"""Fine-tuning schemes: optimizer over trainable parameters, LR schedule, unfreeze plan."""
+"""Fine-tuning schemes: optimizer and parameter groups, LR schedule, unfreeze plan, adapters.
+
+The four schemes of the fine-tuning survey, each composable with `adapter` (houlsby | none) and
+`schedule` (constant | slanted_triangular):
+- fixed: Adam, one LR (Lu et al., Rothermel et al.).
+- nesterov: SGD with Nesterov momentum (0.9).
+- discriminative: Adam, LR of a layer group = lr · decay^(depth from the top) (ULMFiT, decay
+  1/2.6; Sun et al. 2019, "How to Fine-Tune BERT for Text Classification").
+- gradual_unfreeze: Adam, one LR; at epoch e only the top e+1 layer groups train (ULMFiT).
+Layer groups come from `layers.layer_groups`: bottom (input layer, embeddings), each layer, top.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from xmodal_ft import adapters, schedules
+from xmodal_ft.layers import Group, layer_groups
+
+log = logging.getLogger(__name__)
+
+
+class SchemeError(ValueError):
+    """An invalid scheme option; the message names the key to fix."""
+
 
 @dataclass(frozen=True)
 class SchemeConfig:
-    """A scheme group option."""
+    """A scheme group option; keys a scheme does not use are ignored by it."""
 
     name: str = "fixed"
+    adapter: str = "none"  # houlsby | none
+    reduction: int = 16  # adapter bottleneck = hidden / reduction
+    schedule: str = "constant"  # constant | slanted_triangular
+    cut_frac: float = 0.1  # slanted triangular: fraction of steps spent rising
+    ratio: float = 32.0  # slanted triangular: peak LR / floor LR
+    decay: float = 1 / 2.6  # discriminative: LR factor per layer group down from the top
+    momentum: float = 0.9  # nesterov
 
 
 @dataclass
@@ -23,23 +50,145 @@ class TrainPlan:
     optimizer: torch.optim.Optimizer
     lr_scale: Callable[[int], float] = lambda step: 1.0
     on_epoch: Callable[[int], None] | None = None
+    params: dict[str, int] = field(default_factory=dict)  # trainable / total / adapter counts
 
 
-def build(model: nn.Module, cfg: SchemeConfig, lr: float) -> TrainPlan:
-    """The optimizer of scheme `cfg.name` over the trainable parameters of `model`."""
-    builders = {"fixed": _fixed}
-    if cfg.name not in builders:
-        raise ValueError(f"unknown scheme {cfg.name!r}; choose one of: {', '.join(builders)}")
-    return builders[cfg.name](model, cfg, lr)
+Optimizer = tuple[torch.optim.Optimizer, Callable[[int], None] | None]
 
 
-def _fixed(model: nn.Module, cfg: SchemeConfig, lr: float) -> TrainPlan:
+def build(model: nn.Module, cfg: SchemeConfig, lr: float, total_steps: int = 1) -> TrainPlan:
+    """Adapters (if any), then the optimizer of scheme `cfg.name` over the trainable parameters.
+
+    `total_steps` is the run's step budget (the slanted triangular schedule spans it).
+    """
+    _validate(cfg)
+    try:
+        lr_scale = schedules.build(cfg.schedule, total_steps, cfg.cut_frac, cfg.ratio)
+    except ValueError as err:
+        raise SchemeError(str(err)) from err
+    adapter_params = ADAPTERS[cfg.adapter](model, cfg)
+    optimizer, on_epoch = SCHEMES[cfg.name](model, cfg, lr)
+    params = list(model.parameters())
+    counts = {
+        "trainable": sum(p.numel() for p in params if p.requires_grad),
+        "total": sum(p.numel() for p in params),
+        "adapter": adapter_params,
+    }
+    log.info(
+        "scheme %s (adapter %s, schedule %s): %s of %s parameters trainable (%.2f%%)",
+        cfg.name, cfg.adapter, cfg.schedule, f"{counts['trainable']:,}", f"{counts['total']:,}",
+        100 * counts["trainable"] / counts["total"],
+    )  # fmt: skip
+    return TrainPlan(optimizer, lr_scale, on_epoch, counts)
+
+
+def _validate(cfg: SchemeConfig) -> None:
+    for key, valid in (("name", SCHEMES), ("adapter", ADAPTERS), ("schedule", schedules.SCHEDULES)):
+        value = getattr(cfg, key)
+        if value not in valid:
+            prefix = "scheme" if key == "name" else f"scheme.{key}"
+            raise SchemeError(f"unknown {prefix} {value!r}; choose one of: {', '.join(valid)}")
+    if not cfg.decay > 0:
+        raise SchemeError(f"scheme.decay={cfg.decay} must be > 0 (ULMFiT: 1/2.6 ≈ 0.385)")
+    if not 0 <= cfg.momentum < 1:
+        raise SchemeError(f"scheme.momentum={cfg.momentum} must lie in [0, 1) (survey: 0.9)")
+
+
+def _no_adapter(model: nn.Module, cfg: SchemeConfig) -> int:
+    return 0
+
+
+def _houlsby(model: nn.Module, cfg: SchemeConfig) -> int:
+    try:
+        return adapters.add_houlsby(model, cfg.reduction)
+    except ValueError as err:
+        raise SchemeError(str(err)) from err
+
+
+def _fixed(model: nn.Module, cfg: SchemeConfig, lr: float) -> Optimizer:
     """Adam with one learning rate (Lu et al., Rothermel et al.)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return TrainPlan(torch.optim.Adam(params, lr=lr, **fast_kernels(params)))
+    params = _trainable(model)
+    return torch.optim.Adam(params, lr=lr, **fast_kernels(params)), None
+
+
+def _nesterov(model: nn.Module, cfg: SchemeConfig, lr: float) -> Optimizer:
+    """SGD with Nesterov momentum, one learning rate."""
+    params = _trainable(model)
+    sgd = torch.optim.SGD(
+        params, lr=lr, momentum=cfg.momentum, nesterov=True, **fast_kernels(params)
+    )
+    return sgd, None
+
+
+def _discriminative(model: nn.Module, cfg: SchemeConfig, lr: float) -> Optimizer:
+    """Adam with one parameter group per layer group at lr · decay^(depth from the top)."""
+    groups = _trainable_groups(model)
+    return _adam_by_group(groups, [lr * cfg.decay**depth for depth in _depths(groups)]), None
+
+
+def _gradual_unfreeze(model: nn.Module, cfg: SchemeConfig, lr: float) -> Optimizer:
+    """Adam, one LR; `on_epoch(e)` lets only the groups of depth <= e (from the top) train."""
+    groups = _trainable_groups(model)
+    optimizer = _adam_by_group(groups, [lr] * len(groups))
+
+    def on_epoch(epoch: int) -> None:
+        for group, depth in zip(groups, _depths(groups), strict=True):
+            for param in group.params.values():
+                param.requires_grad_(depth <= epoch)
+        unfrozen = [g.name for g, d in zip(groups, _depths(groups), strict=True) if d <= epoch]
+        log.info("epoch %d: training groups %s", epoch, ", ".join(unfrozen))
+
+    return optimizer, on_epoch
+
+
+def _trainable_groups(model: nn.Module) -> list[Group]:
+    """Layer groups restricted to trainable parameters, empty groups dropped."""
+    try:
+        groups = layer_groups(model)
+    except ValueError as err:
+        raise SchemeError(str(err)) from err
+    for group in groups:
+        group.params = {n: p for n, p in group.params.items() if p.requires_grad}
+    return [g for g in groups if g.params]
+
+
+def _depths(groups: list[Group]) -> list[int]:
+    """Depth from the top of each (non-empty) group: the top group is 0."""
+    return list(range(len(groups) - 1, -1, -1))
+
+
+def _adam_by_group(groups: list[Group], lrs: list[float]) -> torch.optim.Optimizer:
+    param_groups = [
+        {"params": list(g.params.values()), "lr": lr, "name": g.name}
+        for g, lr in zip(groups, lrs, strict=True)
+    ]
+    for g, lr in zip(groups, lrs, strict=True):
+        log.info("group %-9s lr %.3g, %s parameters", g.name, lr, f"{_numel(g):,}")
+    params = [p for g in groups for p in g.params.values()]
+    return torch.optim.Adam(param_groups, lr=lrs[0], **fast_kernels(params))
+
+
+def _numel(group: Group) -> int:
+    return sum(p.numel() for p in group.params.values())
+
+
+def _trainable(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def fast_kernels(params: list[nn.Parameter]) -> dict[str, bool]:
     """Fused optimizer kernels on CUDA, multi-tensor (foreach) kernels elsewhere."""
     on_cuda = bool(params) and params[0].is_cuda
     return {"fused": True} if on_cuda else {"foreach": True}
+
+
+SCHEMES: dict[str, Callable[[nn.Module, SchemeConfig, float], Optimizer]] = {
+    "fixed": _fixed,
+    "nesterov": _nesterov,
+    "discriminative": _discriminative,
+    "gradual_unfreeze": _gradual_unfreeze,
+}
+ADAPTERS: dict[str, Callable[[nn.Module, SchemeConfig], int]] = {
+    "none": _no_adapter,
+    "houlsby": _houlsby,
+}

@@ -1,0 +1,306 @@
+"""Schemes: per-layer LRs, gradual unfreezing at epoch boundaries, slanted triangular schedule,
+Houlsby adapters, every scheme × adapter × schedule combination, and clear errors."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+
+from conftest import CONF, make_cfg
+from glue_helpers import save_tiny_text_model, write_sst2
+from xmodal_ft import adapters, models, run, schedules, schemes, tasks, variants
+from xmodal_ft.engine import FitConfig, fit
+from xmodal_ft.layers import layer_groups
+from xmodal_ft.schemes import SchemeConfig, SchemeError
+from xmodal_ft.tasks.base import Split, TaskData, TaskSpec
+
+SCHEMES = ["fixed", "nesterov", "discriminative", "gradual_unfreeze"]
+TEXT = TaskSpec("text", num_classes=2, input_kind="text", seq_len=16, vocab_size=99)
+SIGN = TaskSpec("sign", num_classes=2, input_kind="continuous", seq_len=8, token_dim=3)
+# One Houlsby adapter at hidden 32, reduction 16: down 32·2+2, up 2·32+32; two per layer, 2 layers.
+TINY_ADAPTER_PARAMS = 4 * (32 * 2 + 2 + 2 * 32 + 32)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_text(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    arch = dict(make_cfg("model=tiny_bert").model.arch)
+    return save_tiny_text_model(arch, tmp_path_factory.mktemp("tiny_bert_text"))
+
+
+@pytest.fixture(scope="module")
+def glue_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_sst2(tmp_path_factory.mktemp("glue") / "SST-2", n_train=40, n_dev=8)
+
+
+def tiny(model: str, spec: TaskSpec = TEXT) -> models.CrossModalModel:
+    cfg = models.ModelConfig(**make_cfg(f"model={model}").model)
+    return models.build(cfg, spec, pretrained=False, seed=0)
+
+
+def group_lrs(plan: schemes.TrainPlan) -> dict[str, float]:
+    return {g["name"]: g["lr"] for g in plan.optimizer.param_groups}
+
+
+def trainable(model: torch.nn.Module) -> set[str]:
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+# ---- layer groups and per-layer learning rates -------------------------------------------------
+
+
+def test_layer_groups_run_from_embeddings_to_head_bert() -> None:
+    groups = layer_groups(tiny("tiny_bert"))
+    assert [g.name for g in groups] == ["bottom", "layer.0", "layer.1", "top"]
+    assert all(n.startswith("backbone.embeddings.") for n in groups[0].params)
+    assert all(n.startswith("backbone.encoder.layer.1.") for n in groups[2].params)
+    assert set(groups[3].params) == {"output_layer.weight", "output_layer.bias"}
+
+
+def test_layer_groups_put_input_layer_at_bottom_and_final_norm_on_top_gpt2() -> None:
+    groups = layer_groups(tiny("tiny_gpt2", SIGN))
+    assert set(groups[0].params) == {
+        "backbone.wpe.weight",
+        "input_layer.weight",
+        "input_layer.bias",
+    }
+    assert set(groups[-1].params) == {
+        "backbone.ln_f.weight", "backbone.ln_f.bias", "output_layer.weight", "output_layer.bias"
+    }  # fmt: skip
+
+
+def test_discriminative_lr_decays_by_depth_from_the_top() -> None:
+    plan = schemes.build(tiny("tiny_bert"), SchemeConfig("discriminative", decay=0.5), lr=1.0)
+    assert group_lrs(plan) == {"bottom": 0.125, "layer.0": 0.25, "layer.1": 0.5, "top": 1.0}
+
+
+def test_discriminative_default_decay_is_ulmfit_2_6() -> None:
+    cfg = SchemeConfig(**make_cfg("scheme=discriminative").scheme)
+    plan = schemes.build(tiny("tiny_gpt2"), cfg, lr=2.6**3)
+    assert [round(lr, 12) for lr in group_lrs(plan).values()] == [1.0, 2.6, 6.76, 17.576]
+
+
+def test_discriminative_skips_groups_with_nothing_to_train() -> None:
+    model = tiny("tiny_bert")
+    variants.set_trainable(model, ["output_layer.*", "*encoder.layer.1.*"])
+    plan = schemes.build(model, SchemeConfig("discriminative", decay=0.5), lr=1.0)
+    assert group_lrs(plan) == {"layer.1": 0.5, "top": 1.0}
+
+
+@pytest.mark.parametrize("name", ["fixed", "nesterov", "gradual_unfreeze"])
+def test_single_lr_schemes_give_every_group_the_base_lr(name: str) -> None:
+    plan = schemes.build(tiny("tiny_bert"), SchemeConfig(name), lr=0.01)
+    assert {g["lr"] for g in plan.optimizer.param_groups} == {0.01}
+
+
+def test_nesterov_is_sgd_with_nesterov_momentum() -> None:
+    optimizer = schemes.build(tiny("tiny_bert"), SchemeConfig("nesterov"), lr=0.1).optimizer
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert optimizer.defaults["momentum"] == 0.9 and optimizer.defaults["nesterov"]
+
+
+# ---- gradual unfreezing -------------------------------------------------------------------------
+
+
+def sign_task(n: int) -> TaskData:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 8, 3, generator=g)
+    split = Split(x, (x[:, :, 0].sum(dim=1) > 0).long())
+    return TaskData(SIGN, split, split, split)
+
+
+def test_gradual_unfreezing_changes_the_trainable_set_exactly_at_epoch_boundaries() -> None:
+    model = tiny("tiny_gpt2", SIGN)
+    groups = {g.name: set(g.params) for g in layer_groups(model)}
+    plan = schemes.build(model, SchemeConfig("gradual_unfreeze"), lr=1e-3)
+    seen: list[set[str]] = []
+    schedule = plan.lr_scale
+    plan.lr_scale = lambda step: (seen.append(trainable(model)), schedule(step))[1]
+    initial = {n: p.detach().clone() for n, p in model.named_parameters()}
+    # 32 examples, batch 8: 4 steps per epoch, 5 epochs.
+    fit(
+        model,
+        plan,
+        sign_task(32),
+        FitConfig(batch_size=8, max_steps=20, eval_every=100, progress=False),
+    )
+    top, l1, l0, bottom = groups["top"], groups["layer.1"], groups["layer.0"], groups["bottom"]
+    expected = [top, top | l1, top | l1 | l0, top | l1 | l0 | bottom, top | l1 | l0 | bottom]
+    assert seen == [s for s in expected for _ in range(4)]
+    # The bottom group unfroze for the last 8 steps only; by then the rest had trained for 12+.
+    assert all(not torch.equal(p, initial[n]) for n, p in model.named_parameters())
+
+
+def test_gradual_unfreezing_never_unfreezes_what_the_variant_froze() -> None:
+    model = tiny("tiny_bert")
+    variants.set_trainable(model, ["output_layer.*", "*LayerNorm*"])
+    allowed = trainable(model)
+    plan = schemes.build(model, SchemeConfig("gradual_unfreeze"), lr=1e-3)
+    plan.on_epoch(10)
+    assert trainable(model) == allowed
+    plan.on_epoch(0)
+    assert trainable(model) == {"output_layer.weight", "output_layer.bias"}
+
+
+# ---- slanted triangular schedule ---------------------------------------------------------------
+
+
+def test_slanted_triangular_peaks_at_cut_frac_and_floors_at_lr_over_ratio() -> None:
+    scale = schedules.slanted_triangular(total_steps=100, cut_frac=0.1, ratio=32)
+    assert scale(0) == 1 / 32  # floor
+    assert scale(5) == 16.5 / 32  # halfway up
+    assert scale(10) == 1.0  # peak at cut = 0.1 · 100
+    assert scale(55) == 16.5 / 32  # halfway down
+    assert scale(100) == 1 / 32  # back on the floor at the end
+    values = [scale(t) for t in range(101)]
+    assert max(values) == 1.0 and values.index(1.0) == 10 and min(values) == 1 / 32
+
+
+def test_slanted_triangular_scales_every_groups_lr_in_the_loop() -> None:
+    model = tiny("tiny_gpt2", SIGN)
+    cfg = SchemeConfig("discriminative", decay=0.5, schedule="slanted_triangular")
+    plan = schemes.build(model, cfg, lr=1.0, total_steps=20)  # cut at step 2
+    base = [g["lr"] for g in plan.optimizer.param_groups]
+    fit(
+        model,
+        plan,
+        sign_task(32),
+        FitConfig(batch_size=8, max_steps=3, eval_every=100, progress=False),
+    )
+    # The last step run is step 2, the peak: every group at its own base LR.
+    assert [g["lr"] for g in plan.optimizer.param_groups] == base
+
+
+# ---- Houlsby adapters ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model_name", ["tiny_bert", "tiny_gpt2"])
+def test_adapter_starts_as_identity_and_adds_the_expected_parameters(model_name: str) -> None:
+    model = tiny(model_name).eval()
+    x = torch.randint(5, 99, (3, 10))
+    lengths = torch.tensor([10, 7, 4])
+    before = model(x, lengths)
+    n_before = sum(p.numel() for p in model.parameters())
+    plan = schemes.build(model, SchemeConfig("fixed", adapter="houlsby"), lr=1e-2)
+    assert torch.equal(model(x, lengths), before)
+    assert plan.params["adapter"] == TINY_ADAPTER_PARAMS
+    assert plan.params["total"] == n_before + TINY_ADAPTER_PARAMS
+
+
+def test_adapter_trains_only_adapters_norms_and_head_and_changes_the_output() -> None:
+    model = tiny("tiny_bert")
+    plan = schemes.build(model, SchemeConfig("fixed", adapter="houlsby"), lr=1e-2)
+    names = trainable(model)
+    assert all(".adapter." in n or "LayerNorm" in n or n.startswith("output_layer") for n in names)
+    # 648 adapter + 5 layer norms of 2·32 + head 32·2+2.
+    assert plan.params["trainable"] == TINY_ADAPTER_PARAMS + 5 * 64 + 66
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if n not in names}
+    x, y = torch.randint(5, 99, (8, 10)), torch.tensor([0, 1] * 4)
+    for _ in range(3):
+        F.cross_entropy(model(x), y).backward()
+        plan.optimizer.step()
+        plan.optimizer.zero_grad(set_to_none=True)
+    up = model.backbone.encoder.layer[0].output.dense.adapter.up.weight
+    assert up.abs().sum() > 0
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+
+
+def test_adapter_keeps_the_original_parameter_names() -> None:
+    model = tiny("tiny_gpt2")
+    names = {n for n, _ in model.named_parameters()}
+    adapters.add_houlsby(model)
+    assert names <= {n for n, _ in model.named_parameters()}
+
+
+def test_adapter_on_an_unsupported_architecture_is_a_clear_error() -> None:
+    arch = {"model_type": "distilbert", "n_layers": 1, "n_heads": 2, "dim": 32, "hidden_dim": 64}
+    cfg = models.ModelConfig("tiny_distilbert", arch={**arch, "vocab_size": 99}, pooling="first")
+    model = models.build(cfg, TEXT, pretrained=False, seed=0)
+    with pytest.raises(
+        SchemeError, match="does not support model type 'distilbert'; supported: bert"
+    ):
+        schemes.build(model, SchemeConfig("fixed", adapter="houlsby"), lr=1e-3)
+
+
+# ---- every combination from the command line ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "scheme, adapter, schedule",
+    list(itertools.product(SCHEMES, ["none", "houlsby"], ["constant", "slanted_triangular"])),
+)
+def test_every_combination_composes_and_runs_on_text(
+    tmp_path: Path, tiny_bert_text: Path, glue_dir: Path, scheme: str, adapter: str, schedule: str
+) -> None:
+    cfg = make_cfg(
+        "task=sst2", f"task.data_dir={glue_dir}", "task.val_size=8",
+        "model=tiny_bert", f"model.path={tiny_bert_text}", "variant=unfrozen_pretrained",
+        f"scheme={scheme}", f"scheme.adapter={adapter}", f"scheme.schedule={schedule}",
+        "max_epochs=2",
+    )  # fmt: skip
+    val = run(cfg, run_dir=tmp_path)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["val/acc"] == val and results["steps"] == 8  # 32 rows // 8 × 2 epochs
+    assert results["params"]["adapter"] == (TINY_ADAPTER_PARAMS if adapter == "houlsby" else 0)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_schemes_apply_to_cross_modal_tasks(tmp_path: Path, scheme: str) -> None:
+    cfg = make_cfg(
+        "variant=frozen_random", f"scheme={scheme}", "scheme.adapter=houlsby",
+        "scheme.schedule=slanted_triangular",
+    )  # fmt: skip
+    assert 0 <= run(cfg, run_dir=tmp_path) <= 1
+
+
+# ---- bad input ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"name": "adamw"}, "unknown scheme 'adamw'; choose one of: fixed, nesterov"),
+        ({"adapter": "lora"}, "unknown scheme.adapter 'lora'; choose one of: none, houlsby"),
+        ({"schedule": "cosine"}, "unknown scheme.schedule 'cosine'; choose one of: constant"),
+        ({"name": "discriminative", "decay": 0.0}, r"scheme.decay=0.0 must be > 0"),
+        ({"name": "discriminative", "decay": -0.5}, r"scheme.decay=-0.5 must be > 0"),
+        ({"schedule": "slanted_triangular", "cut_frac": 1.5}, r"scheme.cut_frac=1.5 must lie"),
+        ({"adapter": "houlsby", "reduction": 0}, r"scheme.reduction=0 must lie in 1..32"),
+    ],
+)
+def test_bad_scheme_options_are_clear_errors(changes: dict, match: str) -> None:
+    model = tiny("tiny_bert")
+    names = {n for n, _ in model.named_parameters()}
+    with pytest.raises(SchemeError, match=match):
+        schemes.build(model, SchemeConfig(**{"name": "fixed", **changes}), lr=1e-3, total_steps=10)
+    if "reduction" not in changes:  # validation happens before the model is touched
+        assert {n for n, _ in model.named_parameters()} == names
+
+
+def test_unknown_scheme_on_the_command_line_lists_the_options() -> None:
+    with pytest.raises(ConfigCompositionException, match="Available options"):
+        make_cfg("scheme=adamw")
+
+
+def test_decay_on_the_command_line_is_checked_before_training(tmp_path: Path) -> None:
+    with pytest.raises(SchemeError, match="scheme.decay=0 must be > 0"):
+        run(make_cfg("variant=frozen_random", "scheme=discriminative", "scheme.decay=0"), tmp_path)
+    assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize(
+    "preset", sorted(p.stem for p in (Path(CONF) / "experiment").glob("*.yaml"))
+)
+def test_experiment_presets_compose_with_the_survey_settings(preset: str) -> None:
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"experiment={preset}"])
+    assert cfg.batch_size == 32 and cfg.variant.name == "unfrozen_pretrained"
+    assert (cfg.task.name, cfg.max_epochs) in {("sst2", 5), ("cola", 10)}
+    assert cfg.lr == (2e-5 if preset.endswith("lr2e-5") else 0.01)
+    assert tasks.BUILDERS[cfg.task.name]
