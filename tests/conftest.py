@@ -30,6 +30,7 @@ def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     torch.manual_seed(0)
+    torch.set_num_threads(1)  # tiny models: threads only add overhead on 2 shared cores
 
 
 def make_cfg(*overrides: str) -> DictConfig:

@@ -28,8 +28,10 @@ def test_every_group_option_composes_with_its_name(group: str, option: str) -> N
 @pytest.mark.parametrize("option", options("task"))
 def test_every_task_config_binds_to_its_builder(option: str) -> None:
     params = dict(make_cfg(f"task={option}").task)
-    builder = tasks.BUILDERS[params.pop("name")]
-    inspect.signature(builder).bind(**params)  # raises on a missing or unknown key
+    name = params.pop("name")
+    if name in tasks.text.BUILDERS:
+        params["tokenizer"] = "given at run time: the model's path"
+    inspect.signature(tasks.BUILDERS[name]).bind(**params)  # raises on a missing or unknown key
 
 
 @pytest.mark.parametrize("option", options("model"))
