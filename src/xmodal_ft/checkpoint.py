@@ -7,8 +7,6 @@ is a pure function of (seed, step), replayed by the engine. Files are written at
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,6 +14,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from xmodal_ft.atomic import atomic_path
 
 
 @dataclass
@@ -48,15 +48,8 @@ def save(
         "rng": torch.random.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load(

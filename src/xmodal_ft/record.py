@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
+from xmodal_ft.atomic import atomic_path
+
 RESULTS = "results.json"
 METRICS = "metrics.jsonl"
-CHECKPOINT = "checkpoint.pt"
 # Root keys that do not change a run's results: left out of its config hash.
 NOT_HASHED = frozenset({"cache_dir", "progress", "logger", "checkpoint_every", "sweep"})
 
@@ -46,17 +46,10 @@ class LocalTracker:
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     """Write JSON to a temporary file beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            json.dump(payload, file, indent=2, sort_keys=True)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as file:
+        json.dump(payload, file, indent=2, sort_keys=True)
+        file.flush()
+        os.fsync(file.fileno())
 
 
 def write_results(run_dir: Path, payload: dict[str, Any]) -> Path:
