@@ -56,11 +56,7 @@ def lr_curves(selections: list[Selection], out: Path) -> list[Path]:
             ax.grid(alpha=0.3)
         axes[0].set_ylabel(group[0].metric)
         axes[1].legend()
-        fig.tight_layout()
-        path = out / f"lr_{task}_{model}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(fig, out / f"lr_{task}_{model}.png"))
     return paths
 
 
@@ -86,9 +82,13 @@ def training_curves(selections: list[Selection], out: Path) -> list[Path]:
         ax.set_title(f"{task} / {model}: validation during training")
         ax.grid(alpha=0.3)
         ax.legend()
-        fig.tight_layout()
-        path = out / f"curves_{task}_{model}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(fig, out / f"curves_{task}_{model}.png"))
     return paths
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    """Lay out, write and close `fig`."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
