@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers.activations import NewGELUActivation
 
 from conftest import make_cfg
 from xmodal_ft import engine, models
@@ -114,6 +115,22 @@ def test_frozen_weights_get_no_gradient_and_cost_no_backward_flops() -> None:
         assert grads == {n: p.requires_grad for n, p in model.named_parameters()}
     # Backward of a frozen matmul computes only the input gradient (1x forward), not the weight's.
     assert flops["fpt"] < 2.3 < 2.7 < flops["unfrozen"]
+
+
+def test_fused_gelu_computes_gpt2s_gelu_new() -> None:
+    data = synthetic_task(TINY, 8)
+    model = build_model(TINY, data.spec, torch.device("cpu"))
+    assert model.backbone.config.activation_function == "gelu_pytorch_tanh"
+    results = []
+    for activation in (None, NewGELUActivation()):
+        if activation is not None:
+            for block in model.backbone.h:
+                block.mlp.act = activation
+        model.zero_grad()
+        loss = F.cross_entropy(model(data.train.x), data.train.y)
+        loss.backward()
+        results.append((loss, [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+    torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow

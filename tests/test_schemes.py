@@ -105,6 +105,27 @@ def test_nesterov_is_sgd_with_nesterov_momentum() -> None:
     assert optimizer.defaults["momentum"] == 0.9 and optimizer.defaults["nesterov"]
 
 
+@pytest.mark.parametrize("name", SCHEMES)
+def test_optimizers_are_fused_and_train_as_the_foreach_kernels_do(name: str) -> None:
+    x, y = torch.rand(8, SIGN.seq_len, SIGN.token_dim), torch.randint(0, 2, (8,))
+    losses = []
+    for fused in (True, False):
+        model = tiny("tiny_gpt2", SIGN)
+        optimizer = schemes.build(model, SchemeConfig(name), lr=0.01).optimizer
+        assert all(g["fused"] for g in optimizer.param_groups)
+        for group in optimizer.param_groups:
+            group.update(fused=fused, foreach=not fused)
+        torch.manual_seed(0)  # same dropout masks
+        losses.append([])
+        for _ in range(4):
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            losses[-1].append(loss.item())
+    torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=1e-5)
+
+
 # ---- gradual unfreezing -------------------------------------------------------------------------
 
 

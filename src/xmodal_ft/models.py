@@ -114,12 +114,12 @@ def _load_backbone(cfg: ModelConfig, pretrained: bool) -> PreTrainedModel:
                 "variant (variant=frozen_random or unfrozen_random) or set model.path=<hub id|dir>"
             )
         config = AutoConfig.for_model(**cfg.arch)
-        _set_dropout(config, cfg.dropout, cfg.attn_dropout)
+        _adjust(config, cfg)
         return AutoModel.from_config(config, attn_implementation="sdpa", **cfg.kwargs)
     path = resolve_path(cfg.path)
     try:
         config = AutoConfig.from_pretrained(path)
-        _set_dropout(config, cfg.dropout, cfg.attn_dropout)
+        _adjust(config, cfg)
         if pretrained:
             return AutoModel.from_pretrained(
                 path, config=config, attn_implementation="sdpa", **cfg.kwargs
@@ -141,6 +141,19 @@ def _offline_hint(name: str, path: str) -> str:
         f"cannot load model {name} from {path!r}: {where} and {network}, or set "
         f"model.path=<local dir saved with save_pretrained> (or use model=minilm, shipped offline)"
     )
+
+
+# The same function computed by one fused kernel instead of eight elementwise ops (GPT-2 family).
+FUSED_ACTIVATIONS = {"gelu_new": "gelu_pytorch_tanh"}
+
+
+def _adjust(config: PretrainedConfig, cfg: ModelConfig) -> None:
+    """Apply the model option's dropouts and swap activations for their fused equivalents."""
+    _set_dropout(config, cfg.dropout, cfg.attn_dropout)
+    for key in ("activation_function", "hidden_act"):  # GPT-2 and BERT families
+        name = getattr(config, key, None)
+        if name in FUSED_ACTIVATIONS:
+            setattr(config, key, FUSED_ACTIVATIONS[name])
 
 
 def _set_dropout(config: PretrainedConfig, dropout: float | None, attn: float | None) -> None:
