@@ -116,9 +116,7 @@ def _fixed(model: nn.Module, cfg: SchemeConfig, lr: float) -> Optimizer:
 def _nesterov(model: nn.Module, cfg: SchemeConfig, lr: float) -> Optimizer:
     """SGD with Nesterov momentum, one learning rate."""
     params = _trainable(model)
-    sgd = torch.optim.SGD(
-        params, lr=lr, momentum=cfg.momentum, nesterov=True, fused=True
-    )
+    sgd = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=True, fused=True)
     return sgd, None
 
 
