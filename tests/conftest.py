@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import pytest
-import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
-from transformers import AutoConfig, AutoModel
+# Before transformers / huggingface_hub are imported: they read these once, at import.
+os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import DictConfig, open_dict  # noqa: E402
+from transformers import AutoConfig, AutoModel  # noqa: E402
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 TINY = [

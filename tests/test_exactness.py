@@ -6,6 +6,10 @@ weights cost no gradient work.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -63,10 +67,24 @@ def test_grad_checkpointing_keeps_the_losses(variant: str) -> None:
     torch.testing.assert_close(checkpointed, plain, rtol=0, atol=1e-6)
 
 
-def test_threads_auto_uses_one_thread_for_small_models_and_keeps_the_losses() -> None:
-    assert engine.set_threads("auto", 1_000) == 1
-    assert engine.set_threads("auto", 50_000_000) == engine._DEFAULT_THREADS
-    assert engine.set_threads(None, 1_000) == engine._DEFAULT_THREADS
+def test_threads_auto_takes_the_cores_other_processes_leave_free(monkeypatch) -> None:  # noqa: ANN001
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert engine._busy_cores() >= 1  # the spinning process is counted
+    finally:
+        busy.kill()
+    for others, expected in (
+        (0, engine._DEFAULT_THREADS),
+        (1, engine._DEFAULT_THREADS - 1),
+        (99, 1),
+    ):
+        monkeypatch.setattr(engine, "_busy_cores", lambda n=others: n)
+        assert engine.set_threads("auto") == max(1, expected)
+    assert engine.set_threads(None) == engine._DEFAULT_THREADS
+
+
+def test_thread_count_keeps_the_losses() -> None:
     (one,) = losses(TINY.with_(threads=1))
     (default,) = losses(TINY.with_(threads=None))
     torch.testing.assert_close(one, default, rtol=0, atol=1e-6)

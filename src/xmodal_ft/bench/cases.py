@@ -35,6 +35,7 @@ class Case:
     threads: int | str | None = "auto"  # as the root key `threads`
     grad_checkpointing: bool = False
     compile: bool = False
+    fused_optimizer: bool = True  # False: the multi-tensor `foreach` kernels, to measure the gain
     lr: float = 1e-4
     seed: int = 0
 

@@ -28,9 +28,9 @@ class Job:
 
 def throughput(quick: bool) -> list[Job]:
     """xmodal-ft vs the HF Trainer (and a plain loop for small models) per case."""
-    s = 2 if quick else 6  # timed steps for GPT-2 small at 49 tokens
-    lra_batch, lra_steps = (1, 1) if quick else (4, 3)
-    gpt2 = Case("", "gpt2", "fpt", batch=8, steps=s, warmup=1, arch=GPT2_SMALL,
+    s = 3 if quick else 8  # timed steps for GPT-2 small at 49 tokens
+    lra_batch, lra_steps = (1, 2) if quick else (4, 3)
+    gpt2 = Case("", "gpt2", "fpt", batch=8, steps=s, warmup=2, arch=GPT2_SMALL,
                 model_overrides=NO_DROPOUT, **MNIST)  # fmt: skip
     minilm = Case("", "minilm", "fpt", batch=8, steps=3 if quick else 10, warmup=2,
                   model_overrides=NO_DROPOUT, **MNIST)  # fmt: skip
@@ -47,6 +47,7 @@ def throughput(quick: bool) -> list[Job]:
                     variant=variant,
                     batch=lra_batch,
                     steps=lra_steps,
+                    warmup=1,
                     **LRA,
                 ),  # fmt: skip
                 ("xmodal", "trainer"),
@@ -76,9 +77,10 @@ def memory(quick: bool) -> list[Job]:
 
 def optimisations(quick: bool) -> list[Job]:
     """Each optional setting on and off, xmodal-ft only, in its own process (for memory)."""
-    lra = Case("", "gpt2", "fpt", batch=1, steps=1 if quick else 3, warmup=0 if quick else 1,
-               arch=GPT2_SMALL,
+    lra = Case("", "gpt2", "fpt", batch=1, steps=1 if quick else 3, warmup=1, arch=GPT2_SMALL,
                model_overrides=NO_DROPOUT, **LRA)  # fmt: skip
+    unfrozen = Case("", "gpt2", "unfrozen", batch=8, steps=2 if quick else 6, warmup=1,
+                    arch=GPT2_SMALL, model_overrides=NO_DROPOUT, **MNIST)  # fmt: skip
     tiny = Case("", "tiny_gpt2", "fpt", batch=8, steps=30 if quick else 200, warmup=5,
                 model_overrides=NO_DROPOUT, **MNIST)  # fmt: skip
     jobs = [
@@ -90,11 +92,12 @@ def optimisations(quick: bool) -> list[Job]:
             )
         ),  # fmt: skip
         Job(lra.with_(name="1024 tok: grad_checkpointing", grad_checkpointing=True)),  # fmt: skip
-        Job(tiny.with_(name="tiny: threads=null (torch default)", threads=None)),
-        Job(tiny.with_(name="tiny: threads=auto (1 thread)")),
+        Job(unfrozen.with_(name="gpt2 unfrozen 49 tok: fused Adam")),
+        Job(unfrozen.with_(name="gpt2 unfrozen 49 tok: foreach Adam", fused_optimizer=False)),
+        Job(tiny.with_(name="tiny: threads=1", threads=1)),
+        Job(tiny.with_(name="tiny: threads=auto (all free cores)")),
+        Job(tiny.with_(name="tiny: threads=auto, compile", compile=True)),
     ]
-    if not quick:
-        jobs.append(Job(tiny.with_(name="tiny: compile", compile=True)))
     return [replace(job, count_flops=False) for job in jobs]
 
 

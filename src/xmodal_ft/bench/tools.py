@@ -46,6 +46,8 @@ class _TimingTracker:
 def run_xmodal(model: nn.Module, data: TaskData, case: Case) -> Result:
     """`engine.fit` as `train.py` calls it, logging every step."""
     plan = schemes.build(model, schemes.SchemeConfig(), lr=case.lr)
+    for group in plan.optimizer.param_groups:
+        group.update(fused=case.fused_optimizer, foreach=not case.fused_optimizer)
     tracker = _TimingTracker()
     steps = case.warmup + case.steps
     cfg = engine.FitConfig(

@@ -35,7 +35,7 @@ def measure(case: Case, tools: list[str], count_flops: bool = True) -> list[dict
     for tool in tools:
         model.load_state_dict(initial)
         # xmodal-ft's engine as train.py sets it up; the other tools with torch's default threads
-        threads = engine.set_threads(case.threads if tool == "xmodal" else None, n_params)
+        threads = engine.set_threads(case.threads if tool == "xmodal" else None)
         result = TOOLS[tool](model, data, case)
         timed = result["step_seconds"][case.warmup :]
         if len(timed) != case.steps:
@@ -46,6 +46,7 @@ def measure(case: Case, tools: list[str], count_flops: bool = True) -> list[dict
                 "tool": tool,
                 "case": case.as_dict(),
                 "step_seconds": step_s,
+                "first_step_seconds": result["step_seconds"][0],  # with compilation, if any
                 "samples_per_s": case.batch / step_s,
                 "tokens_per_s": case.batch * case.seq_len / step_s,
                 "losses": result["losses"],
