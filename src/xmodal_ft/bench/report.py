@@ -77,7 +77,8 @@ def _throughput(jobs: list[list[dict[str, Any]]], peak: float) -> list[str]:
     lines = [
         "## Training throughput: xmodal-ft vs HF Trainer (and a plain loop)",
         "",
-        "Same model init, batches, order, Adam, LR and clipping; all dropout 0. "
+        "Same model init, batches, order, Adam, LR and clipping; all dropout 0. Rates use each "
+        "tool's fastest timed step (the least disturbed by other load; medians in the JSON). "
         "`loss Δ` = max |loss difference| to xmodal-ft over all steps. *Peak memory of the "
         "case's process so far: exact for xmodal-ft, which runs first.",
         "",
