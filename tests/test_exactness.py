@@ -67,21 +67,21 @@ def test_grad_checkpointing_keeps_the_losses(variant: str) -> None:
     torch.testing.assert_close(checkpointed, plain, rtol=0, atol=1e-6)
 
 
-def test_threads_auto_takes_the_cores_other_processes_leave_free(monkeypatch) -> None:  # noqa: ANN001
+def test_threads_auto_gives_small_models_the_cores_other_processes_leave_free(
+    monkeypatch,  # noqa: ANN001
+) -> None:
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(0.3)
-        assert engine._busy_cores() >= 1  # the spinning process is counted
+        assert engine._busy() >= 1  # the spinning process is counted
     finally:
         busy.kill()
-    for others, expected in (
-        (0, engine._DEFAULT_THREADS),
-        (1, engine._DEFAULT_THREADS - 1),
-        (99, 1),
-    ):
-        monkeypatch.setattr(engine, "_busy_cores", lambda n=others: n)
-        assert engine.set_threads("auto") == max(1, expected)
-    assert engine.set_threads(None) == engine._DEFAULT_THREADS
+    cores = engine._DEFAULT_THREADS
+    for others, expected in ((0, cores), (1, cores - 1), (99, 1)):
+        monkeypatch.setattr(engine, "_busy", lambda n=others: n)
+        assert engine.set_threads("auto", 1_000) == max(1, expected)
+        assert engine.set_threads("auto", 50_000_000) == cores
+    assert engine.set_threads(None, 1_000) == cores
 
 
 def test_thread_count_keeps_the_losses() -> None:

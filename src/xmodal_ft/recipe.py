@@ -84,7 +84,7 @@ def _run_seed(
     scheme = schemes.SchemeConfig(**_plain(cfg.scheme))
     plan = schemes.build(model, scheme, lr=cfg.lr, total_steps=fit_cfg.max_steps)
     params = plan.params
-    engine.set_threads(cfg.threads)
+    engine.set_threads(cfg.threads, params["total"])
     models.speed_up(model, grad_checkpointing=cfg.grad_checkpointing, compile=cfg.compile)
     log.info(
         "device %s | task %s | model %s | variant %s | scheme %s",

@@ -35,7 +35,7 @@ def measure(case: Case, tools: list[str], count_flops: bool = True) -> list[dict
     for tool in tools:
         model.load_state_dict(initial)
         # xmodal-ft's engine as train.py sets it up; the other tools with torch's default threads
-        threads = engine.set_threads(case.threads if tool == "xmodal" else None)
+        threads = engine.set_threads(case.threads if tool == "xmodal" else None, n_params)
         result = TOOLS[tool](model, data, case)
         timed = result["step_seconds"][case.warmup :]
         if len(timed) != case.steps:
