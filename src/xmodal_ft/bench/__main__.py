@@ -14,7 +14,7 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from itertools import groupby
 from pathlib import Path
 from typing import Any
@@ -50,25 +50,34 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _run_jobs(jobs: list[suite.Job]) -> list[list[dict[str, Any]]]:
-    """Each job in a fresh worker process; jobs with the same non-empty group share one."""
+    """Each tool of a job in its own fresh worker process, so that its memory, allocator and
+    caches are its own; jobs with the same non-empty group share one process."""
     results = []
-    for group, members in groupby(jobs, key=lambda j: j.group or id(j)):
+    for _, members in groupby(jobs, key=lambda j: j.group or id(j)):
         batch = list(members)
-        payload = [
-            {"case": asdict(j.case), "tools": list(j.tools), "count_flops": j.count_flops}
-            for j in batch
-        ]
-        log.info("running %s", ", ".join(j.case.name for j in batch))
-        proc = subprocess.run(
-            [sys.executable, "-m", "xmodal_ft.bench.worker", json.dumps(payload)],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_OFFLINE": "1"},
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"worker for {group} failed:\n{proc.stderr[-3000:]}")
-        results += json.loads(proc.stdout.strip().splitlines()[-1])
+        if batch[0].group:
+            results += _worker(batch)
+        else:
+            (job,) = batch
+            results.append([r for t in job.tools for r in _worker([replace(job, tools=(t,))])[0]])
     return results
+
+
+def _worker(jobs: list[suite.Job]) -> list[list[dict[str, Any]]]:
+    """Run `jobs` in one `python -m xmodal_ft.bench.worker` process: one result list per job."""
+    payload = [
+        {"case": asdict(j.case), "tools": list(j.tools), "count_flops": j.count_flops} for j in jobs
+    ]
+    log.info("running %s", ", ".join(f"{j.case.name} ({', '.join(j.tools)})" for j in jobs))
+    proc = subprocess.run(
+        [sys.executable, "-m", "xmodal_ft.bench.worker", json.dumps(payload)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_OFFLINE": "1"},
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker for {jobs[0].case.name} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

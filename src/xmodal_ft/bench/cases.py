@@ -36,6 +36,7 @@ class Case:
     grad_checkpointing: bool = False
     compile: bool = False
     fused_optimizer: bool = True  # False: the multi-tensor `foreach` kernels, to measure the gain
+    keep_freed_memory: bool = True  # False: glibc's default, returning freed memory to the kernel
     lr: float = 1e-4
     seed: int = 0
 

@@ -79,11 +79,11 @@ def _throughput(jobs: list[list[dict[str, Any]]], peak: float) -> list[str]:
         "",
         "Same model init, batches, order, Adam, LR and clipping; all dropout 0. Rates use each "
         "tool's fastest timed step (the least disturbed by other load; medians in the JSON). "
-        "`loss Δ` = max |loss difference| to xmodal-ft over all steps. *Peak memory of the "
-        "case's process so far: exact for xmodal-ft, which runs first.",
+        "`loss Δ` = max |loss difference| to xmodal-ft over all steps. Each tool runs in its own "
+        "process (peak memory is its own).",
         "",
         "| case | params (trainable) | tool | samples/s | tokens/s | vs Trainer | vs plain loop "
-        "| % of peak | peak memory* | loss Δ |",
+        "| % of peak | peak memory | loss Δ |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for job in jobs:

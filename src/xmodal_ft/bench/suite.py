@@ -94,6 +94,12 @@ def optimisations(quick: bool) -> list[Job]:
         Job(lra.with_(name="1024 tok: grad_checkpointing", grad_checkpointing=True)),  # fmt: skip
         Job(unfrozen.with_(name="gpt2 unfrozen 49 tok: fused Adam")),
         Job(unfrozen.with_(name="gpt2 unfrozen 49 tok: foreach Adam", fused_optimizer=False)),
+        Job(
+            unfrozen.with_(
+                name="gpt2 unfrozen 49 tok: freed memory back to the kernel (glibc default)",
+                keep_freed_memory=False,
+            )
+        ),  # fmt: skip
         Job(tiny.with_(name="tiny: threads=1", threads=1)),
         Job(tiny.with_(name="tiny: threads=auto (all free cores)")),
         Job(tiny.with_(name="tiny: threads=auto, compile", compile=True)),

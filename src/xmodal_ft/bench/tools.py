@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xmodal_ft import engine, schemes
+from xmodal_ft import allocator, engine, schemes
 from xmodal_ft.bench.cases import Case
 from xmodal_ft.tasks.base import TaskData
 
@@ -45,6 +45,8 @@ class _TimingTracker:
 
 def run_xmodal(model: nn.Module, data: TaskData, case: Case) -> Result:
     """`engine.fit` as `train.py` calls it, logging every step."""
+    if case.keep_freed_memory:
+        allocator.keep_freed_memory()
     plan = schemes.build(model, schemes.SchemeConfig(), lr=case.lr)
     for group in plan.optimizer.param_groups:
         group.update(fused=case.fused_optimizer, foreach=not case.fused_optimizer)
