@@ -179,3 +179,14 @@ def test_dropout_keys_apply_to_pretrained_checkpoints(tiny_bert_dir) -> None:  #
     model = models.build(models.ModelConfig(**cfg.model), spec, pretrained=True, seed=0)
     assert model.backbone.config.attention_probs_dropout_prob == 0.0
     assert model.backbone.config.hidden_dropout_prob == 0.1  # the checkpoint's
+
+
+@pytest.mark.slow
+def test_bench_runs_each_tool_in_its_own_process_with_the_first_tools_flop_count() -> None:
+    from xmodal_ft.bench.__main__ import _run_jobs
+    from xmodal_ft.bench.suite import Job
+
+    (rows,) = _run_jobs([Job(TINY, ("xmodal", "naive"))])
+    assert [r["tool"] for r in rows] == ["xmodal", "naive"]
+    assert rows[0]["flops_per_step"] == rows[1]["flops_per_step"] > 0
+    torch.testing.assert_close(rows[1]["losses"], rows[0]["losses"], rtol=0, atol=1e-5)

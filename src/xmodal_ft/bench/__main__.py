@@ -59,7 +59,14 @@ def _run_jobs(jobs: list[suite.Job]) -> list[list[dict[str, Any]]]:
             results += _worker(batch)
         else:
             (job,) = batch
-            results.append([r for t in job.tools for r in _worker([replace(job, tools=(t,))])[0]])
+            first, *others = job.tools
+            rows = _worker([replace(job, tools=(first,))])[0]
+            for tool in others:  # same model and shapes: the first tool's FLOP count holds
+                rows += _worker([replace(job, tools=(tool,), count_flops=False)])[0]
+            if "flops_per_step" in rows[0]:
+                for row in rows[1:]:
+                    row["flops_per_step"] = rows[0]["flops_per_step"]
+            results.append(rows)
     return results
 
 

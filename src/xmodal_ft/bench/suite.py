@@ -110,17 +110,17 @@ def optimisations(quick: bool) -> list[Job]:
 def scaling(quick: bool) -> list[Job]:
     """Time per GPT-2 FPT step against sequence length and depth (one process per sweep)."""
     steps = 1 if quick else 3
+    lengths = (64, 256, 1024) if quick else (64, 128, 256, 512, 1024)
+    depths = (1, 4, 12) if quick else (1, 2, 4, 8, 12)
     base = Case("", "gpt2", "fpt", batch=1, steps=steps, warmup=1, arch=GPT2_SMALL,
                 model_overrides=NO_DROPOUT, seq_len=64, token_dim=1)  # fmt: skip
-    jobs = [
-        Job(base.with_(name=f"seq {n}", seq_len=n), group="seq") for n in (64, 128, 256, 512, 1024)
-    ]
+    jobs = [Job(base.with_(name=f"seq {n}", seq_len=n), group="seq") for n in lengths]
     jobs += [
         Job(
             base.with_(name=f"depth {d}", seq_len=256, arch={**GPT2_SMALL, "n_layer": d}),
             group="depth",
         )  # fmt: skip
-        for d in (1, 2, 4, 8, 12)
+        for d in depths
     ]
     return jobs
 
