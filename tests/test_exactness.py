@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from transformers.activations import NewGELUActivation
 
 from conftest import make_cfg
-from xmodal_ft import allocator, engine, models
+from xmodal_ft import allocator, models, threads
 from xmodal_ft.bench import hardware, report
 from xmodal_ft.bench.cases import Case, build_model, synthetic_task
 from xmodal_ft.bench.worker import measure
@@ -74,15 +74,15 @@ def test_threads_auto_gives_small_models_the_cores_other_processes_leave_free(
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(0.3)
-        assert engine._busy() >= 1  # the spinning process is counted
+        assert threads._busy() >= 1  # the spinning process is counted
     finally:
         busy.kill()
-    cores = engine._DEFAULT_THREADS
+    cores = threads._DEFAULT_THREADS
     for others, expected in ((0, cores), (1, cores - 1), (99, 1)):
-        monkeypatch.setattr(engine, "_busy", lambda n=others: n)
-        assert engine.set_threads("auto", 1_000) == max(1, expected)
-        assert engine.set_threads("auto", 50_000_000) == cores
-    assert engine.set_threads(None, 1_000) == cores
+        monkeypatch.setattr(threads, "_busy", lambda n=others: n)
+        assert threads.set_threads("auto", 1_000) == max(1, expected)
+        assert threads.set_threads("auto", 50_000_000) == cores
+    assert threads.set_threads(None, 1_000) == cores
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")

@@ -58,50 +58,6 @@ def select_device(name: str = "auto") -> torch.device:
     return device
 
 
-_DEFAULT_THREADS = torch.get_num_threads()
-SMALL_MODEL_PARAMS = 10_000_000
-
-
-def set_threads(threads: int | str | None, n_params: int) -> int:
-    """Set torch's intra-op threads: a number, None (torch's default), or "auto".
-
-    "auto" keeps torch's default for models of 10M parameters and more. Smaller models get the
-    cores that other processes leave free when the run starts (at least one): every core on a
-    quiet machine (1.2-1.7x faster than one thread even at 0.1-3M parameters), fewer beside
-    parallel sweep jobs or other work, where surplus OpenMP threads spin-wait and slow small
-    models down 5-80x. Returns the thread count in use.
-    """
-    if threads == "auto":
-        threads = None if n_params >= SMALL_MODEL_PARAMS else max(1, _DEFAULT_THREADS - _busy())
-    torch.set_num_threads(_DEFAULT_THREADS if threads is None else int(threads))
-    return torch.get_num_threads()
-
-
-def _busy(samples: int = 3, interval_s: float = 0.01) -> int:
-    """Runnable threads of other processes: the kernel's count less this process's own.
-
-    The minimum over a few samples ignores blips; 0 where /proc is not available.
-    """
-    counts = []
-    for _ in range(samples):
-        try:
-            running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
-            own = sum(_state(stat) == "R" for stat in Path("/proc/self/task").glob("*/stat"))
-        except (OSError, IndexError, ValueError):
-            return 0
-        counts.append(running - own)
-        time.sleep(interval_s)
-    return max(0, min(counts))
-
-
-def _state(stat: Path) -> str:
-    """A thread's scheduler state letter (R: running) from its /proc stat file."""
-    try:
-        return stat.read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):  # the thread ended meanwhile
-        return ""
-
-
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA; full precision elsewhere (bf16 is emulated and slow on CPUs)."""
     if device.type == "cuda":

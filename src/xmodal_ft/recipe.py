@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from xmodal_ft import allocator, engine, models, record, schemes, tasks, variants
+from xmodal_ft import allocator, engine, models, record, schemes, tasks, threads, variants
 from xmodal_ft.engine import FitConfig, FitResult
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def _run_seed(
     scheme = schemes.SchemeConfig(**_plain(cfg.scheme))
     plan = schemes.build(model, scheme, lr=cfg.lr, total_steps=fit_cfg.max_steps)
     params = plan.params
-    engine.set_threads(cfg.threads, params["total"])
+    threads.set_threads(cfg.threads, params["total"])
     allocator.keep_freed_memory()
     models.speed_up(model, grad_checkpointing=cfg.grad_checkpointing, compile=cfg.compile)
     log.info(

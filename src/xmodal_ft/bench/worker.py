@@ -15,7 +15,7 @@ from typing import Any
 
 import torch.nn.functional as F
 
-from xmodal_ft import engine
+from xmodal_ft import engine, threads
 from xmodal_ft.bench import hardware
 from xmodal_ft.bench.cases import Case, build_model, synthetic_task
 from xmodal_ft.bench.tools import TOOLS
@@ -35,7 +35,7 @@ def measure(case: Case, tools: list[str], count_flops: bool = True) -> list[dict
     for tool in tools:
         model.load_state_dict(initial)
         # xmodal-ft's engine as train.py sets it up; the other tools with torch's default threads
-        threads = engine.set_threads(case.threads if tool == "xmodal" else None, n_params)
+        n_threads = threads.set_threads(case.threads if tool == "xmodal" else None, n_params)
         result = TOOLS[tool](model, data, case)
         timed = result["step_seconds"][case.warmup :]
         if len(timed) != case.steps:
@@ -53,7 +53,7 @@ def measure(case: Case, tools: list[str], count_flops: bool = True) -> list[dict
                 "losses": result["losses"],
                 "peak_memory_bytes": hardware.peak_memory_bytes(device),
                 "params": n_params,
-                "threads": threads,
+                "threads": n_threads,
                 "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
             }
         )
