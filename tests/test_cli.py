@@ -22,7 +22,7 @@ def train(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.slow
 def test_default_run_is_offline_and_writes_results(tmp_path: Path) -> None:
-    proc = train(tmp_path, "max_steps=200", "eval_every=100", "cache_dir=null")
+    proc = train(tmp_path, "max_steps=400", "eval_every=200", "cache_dir=null")
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["choices"]["model"] == "minilm" and results["choices"]["task"] == "digits"
@@ -49,6 +49,7 @@ def test_fpt_minilm_learns_real_mnist(tmp_path: Path) -> None:
         "max_steps=300",
         "eval_every=300",
         "batch_size=16",
+        "model.dropout=0",  # the checkpoint's 0.1 slows FPT's early learning (README)
         "cache_dir=null",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
