@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import copy
+import json
 
+import pytest
 import torch
+from torch import nn
 
-from conftest import make_cfg
-from xmodal_ft import models, schemes
+from conftest import make_cfg, with_keys
+from xmodal_ft import engine, models, run, schemes
 from xmodal_ft.engine import FitConfig, evaluate, fit
 from xmodal_ft.schemes import TrainPlan
 from xmodal_ft.tasks.base import Split, TaskData, TaskSpec
@@ -55,25 +58,120 @@ def test_early_stopping_after_patience_evaluations_without_improvement() -> None
     assert result.steps == 10  # evaluations at 0 (best), 5 and 10 (two without improvement)
 
 
-def test_test_metric_comes_from_the_best_validation_weights() -> None:
+class ScriptedValidation:
+    """Stands in for `engine.evaluate`: validation scores follow a script, test scores are fixed."""
+
+    def __init__(self, data: TaskData, val_scores: list[float]):
+        self.data, self.scores, self.calls = data, list(val_scores), 0
+
+    def __call__(self, model, split, names, batch_size) -> dict[str, float]:
+        if split is self.data.test:
+            return {"acc": -1.0}
+        self.calls += 1
+        return {"acc": self.scores.pop(0)}
+
+
+# Evaluations every 2 steps: 0.5 (best), 0.4, 0.6 (best: the count restarts), 0.55, 0.6 (a tie
+# is no improvement), 0.59 → with patience 3 the run stops at step 10, best at step 4.
+SCRIPT = [0.5, 0.4, 0.6, 0.55, 0.6, 0.59, 0.7, 0.8, 0.9]
+
+
+@pytest.mark.parametrize(
+    ("patience", "best_step", "stop_step", "stopped"),
+    [(3, 4, 10, True), (2, 4, 8, True), (4, 16, 16, False), (None, 16, 16, False)],
+)
+def test_early_stopping_counts_evaluations_since_the_last_strict_improvement(
+    monkeypatch, patience: int | None, best_step: int, stop_step: int, stopped: bool
+) -> None:
     data = sign_task()
+    monkeypatch.setattr(engine, "evaluate", ScriptedValidation(data, SCRIPT))
     model = tiny_model()
-    initial = copy.deepcopy(model)
-    # A huge LR wrecks the model after step 0, so the best validation state is the initial one.
-    plan = schemes.build(model, schemes.SchemeConfig(), lr=50.0)
-    result = fit(
-        model,
-        plan,
-        data,
-        FitConfig(batch_size=8, max_steps=20, eval_every=10, grad_clip=None, progress=False),
-    )
-    if result.best_step == 0:
-        expected = evaluate(initial, data.test, ("acc",), 64)
-        assert result.test == expected
-        for (name, p), q in zip(model.named_parameters(), initial.parameters(), strict=True):
-            assert torch.equal(p, q), name
-    else:  # the restored weights are those that scored best_val
-        assert evaluate(model, data.val, ("acc",), 64) == result.best_val
+    plan = schemes.build(model, schemes.SchemeConfig(), lr=1e-3)
+    cfg = FitConfig(batch_size=8, max_steps=16, eval_every=2, patience=patience, progress=False)
+    result = fit(model, plan, data, cfg)
+    assert result.best_step == best_step
+    assert result.best_val == {"acc": SCRIPT[best_step // 2]}
+    assert result.steps == stop_step
+    assert result.stopped_early == stopped
+    assert [h["step"] for h in result.history] == list(range(0, stop_step + 1, 2))
+    assert result.test == {"acc": -1.0}
+
+
+def test_patience_from_the_config_stops_a_run(tmp_path) -> None:
+    cfg = make_cfg("variant=unfrozen_random", "lr=1e-12", "patience=2", "eval_every=2")
+    cfg = with_keys(cfg, max_steps=100)
+    run(cfg, run_dir=tmp_path)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["stopped_early"] is True
+    assert (results["best_step"], results["steps"]) == (0, 4)
+
+
+def predictions(model: nn.Module, split: Split) -> torch.Tensor:
+    """The model's predicted classes on `split` (eval mode, no gradients, RNG untouched)."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        pred = model(split.x).argmax(dim=-1)
+    model.train(was_training)
+    return pred
+
+
+class Snapshot:
+    """A tracker that copies all parameters and the val predictions when step `at` is logged."""
+
+    def __init__(self, model: nn.Module, val: Split, at: int):
+        self.model, self.val, self.at = model, val, at
+        self.params: dict[str, torch.Tensor] = {}
+        self.val_pred = torch.empty(0)
+
+    def log(self, values: dict[str, float], step: int) -> None:
+        if step == self.at and "train/loss" in values:  # after step `at`'s update, before its eval
+            self.params = {n: p.detach().clone() for n, p in self.model.named_parameters()}
+            self.val_pred = predictions(self.model, self.val)
+
+    def summary(self, values: dict) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def train_with_snapshot(scheme: schemes.SchemeConfig, lr: float, cfg: FitConfig, at: int):
+    """Train once, snapshotting step `at`; then train again from scratch with validation labels
+    that only the step-`at` model predicts perfectly, so that step is the best one."""
+    data = sign_task(cfg.batch_size * 4)
+    torch.manual_seed(0)
+    model = tiny_model()
+    snapshot = Snapshot(model, data.val, at)
+    fit(model, schemes.build(model, scheme, lr=lr, total_steps=cfg.max_steps), data, cfg, snapshot)
+    rigged = TaskData(data.spec, data.train, Split(data.val.x, snapshot.val_pred), data.test)
+    torch.manual_seed(0)
+    model = tiny_model()
+    plan = schemes.build(model, scheme, lr=lr, total_steps=cfg.max_steps)
+    return model, fit(model, plan, rigged, cfg), snapshot, rigged
+
+
+def test_best_weights_of_a_middle_step_are_restored_after_they_moved_on() -> None:
+    cfg = FitConfig(batch_size=8, max_steps=20, eval_every=10, log_every=10, progress=False)
+    model, result, snapshot, data = train_with_snapshot(schemes.SchemeConfig(), 3e-2, cfg, at=10)
+    assert result.best_step == 10 and result.best_val == {"acc": 1.0}
+    assert result.history[0]["val/acc"] < 1.0 and result.history[-1]["step"] == 20
+    for name, param in model.named_parameters():
+        assert torch.equal(param, snapshot.params[name]), name
+    assert result.test == evaluate(model, data.test, ("acc",), 64)
+
+
+def test_best_weights_restore_parameters_unfrozen_after_the_best_step() -> None:
+    # Gradual unfreezing, 4 steps per epoch: the best step (4) ends epoch 0, when only the top
+    # group trained; layer.1 and layer.0 then unfreeze and move. Restoring step 4 must put them
+    # back to their initial values, not leave them where they moved.
+    scheme = schemes.SchemeConfig("gradual_unfreeze")
+    cfg = FitConfig(batch_size=8, max_steps=12, eval_every=4, log_every=4, progress=False)
+    model, result, snapshot, _ = train_with_snapshot(scheme, 3e-2, cfg, at=4)
+    assert result.best_step == 4
+    initial = dict(tiny_model().named_parameters())
+    for name, param in model.named_parameters():
+        assert torch.equal(param, snapshot.params[name]), name
+        if name.startswith(("backbone.h.", "input_layer", "backbone.wpe")):
+            assert torch.equal(param, initial[name]), name  # untouched in epoch 0
 
 
 def test_epoch_hook_runs_at_each_epoch_start_and_unfrozen_weights_restore() -> None:

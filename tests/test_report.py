@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import math
 from pathlib import Path
 
@@ -16,7 +17,7 @@ def fake_run(root: Path, lr: float, seed: int, val: float, test: float, **config
     names = {"task": "mnist", "model": "gpt2", "variant": "fpt", "scheme": "fixed"}
     cfg = {g: {"name": config.pop(g, n)} for g, n in names.items()}
     cfg |= {"lr": lr, "seed": seed, "max_steps": 100, **config}
-    run_dir = root / f"{cfg['variant']['name']}-{lr}-{seed}"
+    run_dir = root / "-".join([*(cfg[g]["name"] for g in names), str(lr), str(seed)])
     history = [{"step": 0, "val/acc": 0.1}, {"step": 10, "val/acc": val}]
     payload = {"status": "complete", "config": cfg, "metric": "acc", "val/acc": val}
     payload |= {"test/acc": test, "best_step": 10 * (seed + 1), "history": history}
@@ -35,24 +36,91 @@ def test_best_lr_by_mean_val_and_test_mean_sem(tmp_path) -> None:
     [sel] = report.aggregate(report.load_runs([tmp_path])[0])
     assert sel.best.lr == 1e-3
     assert sel.best.seeds == (0, 1)
+    assert sel.best.val == pytest.approx((0.675, 0.025))
     assert sel.best.test == pytest.approx((0.65, 0.05))  # SEM = stdev / sqrt(2) = 0.0707/1.414
     assert sel.best.steps == pytest.approx((15.0, 5.0))
     assert [s.lr for s in sel.per_lr] == [1e-4, 1e-3]
+    assert sel.per_lr[0].val == pytest.approx((0.55, 0.05))
+    assert sel.per_lr[0].test == pytest.approx((0.45, 0.05))
+    assert sorted(r.seed for r in sel.runs) == [0, 1] and {r.lr for r in sel.runs} == {1e-3}
+
+
+# Validation and test disagree, and single seeds mislead: the mean validation metric over seeds
+# picks 1e-3; the best test mean is at 1e-4, the best single validation score at 1e-2, the best
+# median validation at 1e-4, and seed 0 alone would pick 1e-2.
+DISAGREE = {  # lr: ([val per seed], [test per seed])
+    1e-4: ([0.60, 0.60, 0.60], [0.90, 0.90, 0.90]),
+    1e-3: ([0.70, 0.50, 0.66], [0.50, 0.60, 0.70]),
+    1e-2: ([0.80, 0.45, 0.45], [0.10, 0.20, 0.30]),
+}
+
+
+def test_best_lr_is_chosen_by_mean_validation_not_test_nor_one_seed(tmp_path) -> None:
+    for lr, (vals, tests) in DISAGREE.items():
+        for seed, (val, test) in enumerate(zip(vals, tests, strict=True)):
+            fake_run(tmp_path, lr, seed, val, test)
+    [sel] = report.aggregate(report.load_runs([tmp_path])[0])
+    assert sel.best.lr == 1e-3
+    assert sel.best.val == pytest.approx((0.62, math.sqrt(0.0112 / 3)))
+    assert sel.best.test == pytest.approx((0.6, 0.1 / math.sqrt(3)))
+    assert [p.test[0] for p in sel.per_lr] == pytest.approx([0.9, 0.6, 0.2])
+
+
+def test_a_tie_in_mean_validation_goes_to_the_smaller_lr(tmp_path) -> None:
+    for lr, test in ((1e-2, 0.3), (1e-4, 0.1), (1e-3, 0.2)):
+        fake_run(tmp_path, lr, 0, 0.5, test)
+    [sel] = report.aggregate(report.load_runs([tmp_path])[0])
+    assert sel.best.lr == 1e-4 and sel.best.test[0] == 0.1
+
+
+def test_groups_are_selected_independently(tmp_path) -> None:
+    fake_run(tmp_path, 1e-4, 0, 0.9, 0.8)
+    fake_run(tmp_path, 1e-3, 0, 0.5, 0.4)
+    fake_run(tmp_path, 1e-4, 0, 0.2, 0.3, variant="unfrozen_random")
+    fake_run(tmp_path, 1e-3, 0, 0.7, 0.6, variant="unfrozen_random")
+    fpt, unfrozen = report.aggregate(report.load_runs([tmp_path])[0])
+    assert fpt.group == ("mnist", "gpt2", "fpt", "fixed") and fpt.best.lr == 1e-4
+    assert unfrozen.group[2] == "unfrozen_random" and unfrozen.best.lr == 1e-3
 
 
 def test_main_writes_tables_and_plots(tmp_path) -> None:
     grid(tmp_path)
     fake_run(tmp_path, 1e-3, 0, 0.8, 0.75, variant="unfrozen_pretrained")
-    report.main([str(tmp_path), "--compare", "paper"])
+    fake_run(tmp_path, 1e-3, 0, 0.8, 0.5, model="minilm")
+    report.main([str(tmp_path), "--compare", "rothermel2021"])
     out = tmp_path / "report"
     md = (out / "report.md").read_text()
-    assert "| mnist | 65.0 ± 5.0 (lr 1e-03) [paper n/a] | 75.0 ± n/a (lr 1e-03) [paper n/a] |" in md
-    assert "gradient steps to the best validation metric" in md
-    assert (out / "test_table.csv").read_text().splitlines()[0] == (
-        "model,scheme,task,fpt,unfrozen_pretrained"
-    )
+    # Published: GPT-2 on MNIST, FPT 98.5 and unfrozen pretrained 99.0; nothing for MiniLM.
+    assert "| mnist | 65.0 ± 5.0 (lr 1e-03) [paper 98.5] | 75.0 ± n/a (lr 1e-03) [paper 99.0] |" in md
+    assert "| mnist | 50.0 ± n/a (lr 1e-03) [paper n/a] |" in md
+    assert "## gpt2, scheme fixed: gradient steps to the best validation metric" in md
+    assert "| mnist | 15 ± 5 | 10 ± n/a |" in md
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(r["model"], r["variant"], r["lr"], r["n_seeds"]) for r in rows] == [
+        ("gpt2", "fpt", "0.001", "2"),
+        ("gpt2", "unfrozen_pretrained", "0.001", "1"),
+        ("minilm", "fpt", "0.001", "1"),
+    ]
+    assert float(rows[0]["test_mean"]) == pytest.approx(0.65)
+    assert float(rows[0]["test_sem"]) == pytest.approx(0.05)
+    assert float(rows[0]["paper_test"]) == pytest.approx(0.985)
+    assert rows[2]["paper_test"] == ""
+    table = (out / "test_table.csv").read_text().splitlines()
+    assert table[:2] == [
+        "model,scheme,task,fpt,unfrozen_pretrained",
+        "gpt2,fixed,mnist,65.0 ± 5.0 [paper 98.5],75.0 ± n/a [paper 99.0]",
+    ]
     for name in ("lr_mnist_gpt2.png", "curves_mnist_gpt2.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_tables_without_compare_have_no_paper_column(tmp_path) -> None:
+    grid(tmp_path)
+    report.main([str(tmp_path), "--out", str(tmp_path / "out")])
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| mnist | 65.0 ± 5.0 (lr 1e-03) |" in md and "paper" not in md
+    header = (tmp_path / "out" / "results.csv").read_text().splitlines()[0]
+    assert header.endswith("test_mean,test_sem,steps_mean,steps_sem")
 
 
 def test_empty_dir_says_there_are_no_results(tmp_path, capsys) -> None:
@@ -86,7 +154,12 @@ def test_mean_sem_of_one_value_has_no_sem() -> None:
     assert mean == 0.5 and math.isnan(sem)
 
 
-def test_paper_table_file_ships_with_the_package() -> None:
-    assert report.load_paper("paper") == {}  # format shipped; numbers not yet transcribed
-    with pytest.raises(report.ReportError, match="choose one of: paper"):
+def test_published_numbers_ship_with_the_package() -> None:
+    paper = report.load_paper("rothermel2021")
+    assert report.load_paper("paper") == paper
+    assert len(paper) == 28  # 3 image tasks × 2 models × 4 variants + ListOps × GPT-2 × 4
+    assert paper[("mnist", "gpt2", "fpt")] == pytest.approx(0.985)
+    assert paper[("cifar10_lra", "distilgpt2", "unfrozen_pretrained")] == pytest.approx(0.655)
+    assert paper[("listops", "gpt2", "unfrozen_random")] == pytest.approx(0.576)
+    with pytest.raises(report.ReportError, match="choose one of: rothermel2021, paper"):
         report.load_paper("nope")

@@ -1,7 +1,7 @@
 """Multirun report: best LR by mean validation metric over seeds, test mean ± SEM, tables, plots.
 
     python -m xmodal_ft.report multirun/2026-01-01/12-00-00 [more dirs] [--out DIR]
-        [--compare paper] [--wandb]
+        [--compare rothermel2021] [--wandb]
 
 Runs are grouped by (task, model, variant, scheme); within a group, the LR with the best mean
 validation metric (the task's first metric, e.g. `acc` or `mcc`) over seeds is chosen and its test
@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 GROUP = ("task", "model", "variant", "scheme")
 # Config keys that may differ between runs averaged or compared within a group.
 FREE_KEYS = NOT_HASHED | {"lr", "seed", "seeds", "device", "eval_batch_size"}
-PAPERS = {"paper": "rothermel2021_table1.csv"}
+# Published numbers shipped in xmodal_ft/data (copied verbatim from the papers' tables).
+PAPERS = {"rothermel2021": "rothermel2021.csv", "paper": "rothermel2021.csv"}
 
 
 class ReportError(ValueError):
@@ -188,7 +189,7 @@ def load_paper(name: str) -> dict[tuple[str, str, str], float]:
     if name not in PAPERS:
         raise ReportError(f"unknown --compare {name!r}; choose one of: {', '.join(PAPERS)}")
     text = resources.files("xmodal_ft.data").joinpath(PAPERS[name]).read_text(encoding="utf-8")
-    rows = csv.DictReader(line for line in io.StringIO(text) if not line.startswith("#"))
+    rows = csv.DictReader(io.StringIO(text))
     return {
         (r["task"], r["model"], r["variant"]): float(r["test_acc"]) / 100
         for r in rows
