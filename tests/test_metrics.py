@@ -21,7 +21,8 @@ def test_accuracy_is_the_fraction_correct() -> None:
 
 
 def test_binary_mcc_by_hand() -> None:
-    # tp=2 (idx 0,1), tn=3 (2,3,4), fp=1 (5), fn=2 (6,7): (tp·tn − fp·fn) / sqrt((tp+fp)(tp+fn)(tn+fp)(tn+fn))
+    # tp=2 (idx 0,1), tn=3 (2,3,4), fp=1 (5), fn=2 (6,7):
+    # (tp·tn − fp·fn) / sqrt((tp+fp)(tp+fn)(tn+fp)(tn+fn))
     pred = t([1, 1, 0, 0, 0, 1, 0, 0])
     target = t([1, 1, 0, 0, 0, 0, 1, 1])
     expected = (2 * 3 - 1 * 2) / math.sqrt(3 * 4 * 4 * 5)
