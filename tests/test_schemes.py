@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from conftest import CONF, make_cfg
 from glue_helpers import save_tiny_text_model, write_sst2
@@ -183,19 +185,34 @@ def test_slanted_triangular_peaks_at_cut_frac_and_floors_at_lr_over_ratio() -> N
     assert max(values) == 1.0 and values.index(1.0) == 10 and min(values) == 1 / 32
 
 
-def test_slanted_triangular_scales_every_groups_lr_in_the_loop() -> None:
-    model = tiny("tiny_gpt2", SIGN)
-    cfg = SchemeConfig("discriminative", decay=0.5, schedule="slanted_triangular")
-    plan = schemes.build(model, cfg, lr=1.0, total_steps=20)  # cut at step 2
-    base = [g["lr"] for g in plan.optimizer.param_groups]
-    fit(
-        model,
-        plan,
-        sign_task(32),
-        FitConfig(batch_size=8, max_steps=3, eval_every=100, progress=False),
+@pytest.fixture
+def lrs_used() -> Iterator[list[list[float]]]:
+    """The LR of every parameter group at every optimizer step taken while the fixture is live."""
+    used: list[list[float]] = []
+    handle = register_optimizer_step_pre_hook(
+        lambda optimizer, args, kwargs: used.append([g["lr"] for g in optimizer.param_groups])
     )
-    # The last step run is step 2, the peak: every group at its own base LR.
-    assert [g["lr"] for g in plan.optimizer.param_groups] == base
+    yield used
+    handle.remove()
+
+
+@pytest.mark.parametrize("schedule", ["constant", "slanted_triangular"])
+@pytest.mark.parametrize("name", SCHEMES)
+def test_the_configured_schedule_sets_the_lr_of_every_step_of_a_run(
+    tmp_path: Path, lrs_used: list, name: str, schedule: str
+) -> None:
+    overrides = [f"scheme={name}", f"scheme.schedule={schedule}"]
+    overrides += ["scheme.decay=0.5"] if name == "discriminative" else []
+    cfg = make_cfg("variant=unfrozen_random", "lr=0.01", "max_steps=20", *overrides)
+    run(cfg, run_dir=tmp_path)  # 64 examples, batch 8: gradual unfreezing reaches the bottom
+    scale = schedules.slanted_triangular(20) if schedule != "constant" else lambda step: 1.0
+    depths = {"discriminative": [3, 2, 1, 0], "gradual_unfreeze": [0] * 4}.get(name, [0])
+    base = [0.01 * 0.5**depth for depth in depths]
+    assert len(lrs_used) == 20
+    for step, lrs in enumerate(lrs_used):
+        assert lrs == pytest.approx([b * scale(step) for b in base], rel=1e-12), step
+    if schedule == "slanted_triangular":  # rises to the peak at step 2, then decays to the floor
+        assert lrs_used[2][-1] == pytest.approx(0.01) and lrs_used[0][-1] < 0.01 / 10
 
 
 # ---- Houlsby adapters ---------------------------------------------------------------------------

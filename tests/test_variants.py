@@ -111,3 +111,66 @@ def test_fit_leaves_frozen_parameters_bit_identical(tiny_gpt2_dir) -> None:
     for name, param in model.named_parameters():
         if name in frozen:
             assert torch.equal(param, frozen[name]), name
+
+
+# ---- every model family × variant × adapter: the exact trainable set ---------------------------
+
+WEIGHT_BIAS = ("weight", "bias")
+GPT2_LAYER = ["ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj"]
+BERT_LAYER = [
+    "attention.self.query", "attention.self.key", "attention.self.value",
+    "attention.output.dense", "attention.output.LayerNorm",
+    "intermediate.dense", "output.dense", "output.LayerNorm",
+]  # fmt: skip
+BERT_EMBEDDINGS = ["position_embeddings", "token_type_embeddings"]
+FAMILY = {  # model option → (every parameter name, layer norms, positions, adapter sites)
+    "tiny_gpt2": (
+        {"backbone.wpe.weight", "backbone.ln_f.weight", "backbone.ln_f.bias"}
+        | {f"backbone.h.{i}.{m}.{p}" for i in (0, 1) for m in GPT2_LAYER for p in WEIGHT_BIAS},
+        {n for n in GPT2_FPT if ".ln_" in n},
+        {"backbone.wpe.weight"},
+        [f"backbone.h.{i}.{m}" for i in (0, 1) for m in ("attn.c_proj", "mlp.c_proj")],
+    ),
+    "tiny_bert": (
+        {f"backbone.embeddings.{e}.weight" for e in BERT_EMBEDDINGS}
+        | {f"backbone.embeddings.LayerNorm.{p}" for p in ("weight", "bias")}
+        | {
+            f"backbone.encoder.layer.{i}.{m}.{p}"
+            for i in (0, 1)
+            for m in BERT_LAYER
+            for p in ("weight", "bias")
+        },
+        {n for n in BERT_FPT if "LayerNorm" in n},
+        {"backbone.embeddings.position_embeddings.weight"},
+        [
+            f"backbone.encoder.layer.{i}.{m}"
+            for i in (0, 1)
+            for m in ("attention.output.dense", "output.dense")
+        ],
+    ),
+}
+
+
+def adapter_names(sites: list[str]) -> set[str]:
+    return {f"{s}.adapter.{m}.{p}" for s in sites for m in ("down", "up") for p in WEIGHT_BIAS}
+
+
+@pytest.mark.parametrize("adapter", ["none", "houlsby"])
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("model", sorted(FAMILY))
+def test_trainable_set_of_every_family_variant_and_adapter(
+    request: pytest.FixtureRequest, model: str, variant: str, adapter: str
+) -> None:
+    path = request.getfixturevalue(f"{model}_dir")  # a saved "pretrained" checkpoint
+    net, cfg, _ = build_model(f"model={model}", f"variant={variant}", f"model.path={path}")
+    variants.apply(net, cfg)
+    schemes.build(net, schemes.SchemeConfig(adapter=adapter), lr=1e-3)
+    backbone, norms, positions, sites = FAMILY[model]
+    adapters = adapter_names(sites) if adapter == "houlsby" else set()
+    assert {n for n, _ in net.named_parameters()} == IO | backbone | adapters
+    frozen_backbone = variant in ("fpt", "frozen_random")
+    if adapter == "houlsby":  # Houlsby et al.: adapters, layer norms and the task layers train
+        expected = IO | norms | adapters
+    else:
+        expected = IO | norms | positions if frozen_backbone else IO | backbone
+    assert trainable_names(net) == expected
