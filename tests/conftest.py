@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -14,7 +15,14 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig, open_dict  # noqa: E402
 from transformers import AutoConfig, AutoModel  # noqa: E402
 
-CONF = str(Path(__file__).resolve().parents[1] / "conf")
+from glue_helpers import save_tiny_text_model  # noqa: E402
+from xmodal_ft import models  # noqa: E402
+from xmodal_ft.tasks.base import Split, TaskData, TaskSpec  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = str(ROOT / "conf")
+# Real data provided beside the repo on development and CI machines (never needed by users).
+SHARED_DATA = ROOT.parent / "shared" / "data"
 TINY = [
     "model=tiny_gpt2",
     "task=digits",
@@ -68,3 +76,77 @@ def with_keys(cfg: DictConfig, **values: object) -> DictConfig:
         for key, value in values.items():
             cfg[key] = value
     return cfg
+
+
+def read_results(run_dir: Path) -> dict:
+    """A run's results.json, checked against its own history: the reported validation metric is
+    the history's best, first reached at `best_step`."""
+    results = json.loads((run_dir / "results.json").read_text())
+    key = f"val/{results['metric']}"
+    scores = [(h[key], h["step"]) for h in results["history"]]
+    best = max(score for score, _ in scores)
+    assert results[key] == best
+    assert results["best_step"] == next(step for score, step in scores if score == best)
+    return results
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` skip, saying why, where CUDA is absent."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (marked gpu): runs on machines with a GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+SIGN = TaskSpec("sign", num_classes=2, input_kind="continuous", seq_len=8, token_dim=3)
+
+
+def sign_task(n: int = 256) -> TaskData:
+    """Label = whether the first feature summed over tokens is positive: learnable in few steps."""
+    g = torch.Generator().manual_seed(0)
+
+    def split(m: int) -> Split:
+        x = torch.randn(m, 8, 3, generator=g)
+        return Split(x, (x[:, :, 0].sum(dim=1) > 0).long())
+
+    return TaskData(SIGN, split(n), split(128), split(128))
+
+
+def tiny_model(
+    model: str = "tiny_gpt2", spec: TaskSpec = SIGN, **changes: object
+) -> models.CrossModalModel:
+    """A randomly initialised (seed 0) tiny model of the real config, with `changes` applied."""
+    cfg = models.ModelConfig(**{**make_cfg(f"model={model}").model, **changes})
+    return models.build(cfg, spec, pretrained=False, seed=0)
+
+
+def trainable_names(model: torch.nn.Module) -> set[str]:
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_text(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny_bert saved with a tiny WordPiece tokenizer, for GLUE tasks."""
+    arch = dict(make_cfg("model=tiny_bert").model.arch)
+    return save_tiny_text_model(arch, tmp_path_factory.mktemp("tiny_bert_text"))
+
+
+class Interrupt(RuntimeError):
+    """Raised by `KillAt` to stop training the way a killed process would."""
+
+
+class KillAt:
+    """A tracker that raises once the loop logs `step` (after the checkpoint at that step)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def log(self, values: dict[str, float], step: int) -> None:
+        if step >= self.step:
+            raise Interrupt(step)
+
+    def summary(self, values: dict) -> None: ...
+
+    def close(self) -> None: ...

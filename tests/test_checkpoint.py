@@ -5,32 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from test_engine import sign_task, tiny_model
+from conftest import Interrupt, KillAt, sign_task, tiny_model
 from xmodal_ft import schemes
 from xmodal_ft.engine import FitConfig, fit
 
 CFG = FitConfig(
     batch_size=8, max_steps=16, eval_every=4, checkpoint_every=4, log_every=2, progress=False
 )
-
-
-class Interrupt(RuntimeError):
-    """Raised by `KillAt` to stop training the way a killed process would."""
-
-
-class KillAt:
-    """A tracker that raises once the loop logs `step` (after the checkpoint at that step)."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def log(self, values: dict[str, float], step: int) -> None:
-        if step >= self.step:
-            raise Interrupt(step)
-
-    def summary(self, values: dict) -> None: ...
-
-    def close(self) -> None: ...
 
 
 FIXED = schemes.SchemeConfig()

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-MNIST = Path("/work/shared/data/mnist")
+from conftest import ROOT, SHARED_DATA
+
+MNIST = SHARED_DATA / "mnist"
 
 
 def train(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess[str]:

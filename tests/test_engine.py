@@ -8,29 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import make_cfg, with_keys
-from xmodal_ft import engine, models, run, schemes
+from conftest import make_cfg, sign_task, tiny_model, with_keys
+from xmodal_ft import engine, run, schemes
 from xmodal_ft.engine import FitConfig, evaluate, fit
 from xmodal_ft.schemes import TrainPlan
-from xmodal_ft.tasks.base import Split, TaskData, TaskSpec
-
-SPEC = TaskSpec("sign", num_classes=2, input_kind="continuous", seq_len=8, token_dim=3)
-
-
-def sign_task(n: int = 256) -> TaskData:
-    """Label = whether the first feature summed over tokens is positive: learnable in few steps."""
-    g = torch.Generator().manual_seed(0)
-
-    def split(m: int) -> Split:
-        x = torch.randn(m, 8, 3, generator=g)
-        return Split(x, (x[:, :, 0].sum(dim=1) > 0).long())
-
-    return TaskData(SPEC, split(n), split(128), split(128))
-
-
-def tiny_model() -> models.CrossModalModel:
-    cfg = models.ModelConfig(**make_cfg("model=tiny_gpt2").model)
-    return models.build(cfg, SPEC, pretrained=False, seed=0)
+from xmodal_ft.tasks.base import Split, TaskData
 
 
 def test_fit_learns_a_learnable_task() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import make_cfg
+from conftest import make_cfg, tiny_model
 from xmodal_ft import models
 from xmodal_ft.tasks.base import TaskSpec
 
@@ -14,8 +14,7 @@ DISCRETE = TaskSpec("toy", num_classes=3, input_kind="discrete", seq_len=12, voc
 
 
 def tiny(model: str, spec: TaskSpec, **changes: object) -> models.CrossModalModel:
-    cfg = models.ModelConfig(**{**make_cfg(f"model={model}").model, **changes})
-    return models.build(cfg, spec, pretrained=False, seed=0).eval()
+    return tiny_model(model, spec, **changes).eval()
 
 
 @pytest.mark.parametrize("model", ["tiny_gpt2", "tiny_bert"])

