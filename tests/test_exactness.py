@@ -77,6 +77,7 @@ def test_threads_auto_gives_small_models_the_cores_other_processes_leave_free(
         assert threads._busy() >= 1  # the spinning process is counted
     finally:
         busy.kill()
+        busy.wait()  # reaped here, not left for whoever waits on this process's children
     cores = threads._DEFAULT_THREADS
     for others, expected in ((0, cores), (1, cores - 1), (99, 1)):
         monkeypatch.setattr(threads, "_busy", lambda n=others: n)
