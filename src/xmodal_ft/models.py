@@ -15,6 +15,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
 from xmodal_ft import inputs
+from xmodal_ft.tasks.augment import ImageAugment
 from xmodal_ft.tasks.base import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class CrossModalModel(nn.Module):
 
     Text tasks (`input_kind="text"`) keep the backbone's own token embeddings: no input layer.
     Pooling `cls` prepends a learned token to non-text inputs (`input_layer.token`) and pools it.
+    Tasks with `spec.augment` get their training batches augmented here (`augment`, train mode).
     """
 
     def __init__(self, backbone: PreTrainedModel, spec: TaskSpec, cfg: ModelConfig):
@@ -58,6 +60,7 @@ class CrossModalModel(nn.Module):
             raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
         hidden = backbone.config.hidden_size
         self.backbone = backbone
+        self.augment = ImageAugment(spec.augment) if spec.augment is not None else None
         self.input_layer = inputs.input_layer(spec, hidden, cfg.input_init, cfg.input_gain)
         if pooling == "cls" and self.input_layer is not None:
             if causal:
@@ -74,6 +77,8 @@ class CrossModalModel(nn.Module):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Class logits (N, num_classes) for token inputs `x` with optional true `lengths`."""
+        if self.augment is not None and self.training:
+            x = self.augment(x)
         if self.input_layer is not None:
             x = self.input_dropout(self.input_layer(x))
             if lengths is not None:
