@@ -80,7 +80,7 @@ def build(model: nn.Module, cfg: SchemeConfig, lr: float, total_steps: int = 1) 
     }
     log.info(
         "scheme %s (optimizer %s, adapter %s, schedule %s): %s of %s parameters trainable "
-        "(%.2f%%)", cfg.name, _optimizer_name(cfg), cfg.adapter, cfg.schedule,
+        "(%.2f%%)", cfg.name, optimizer_name(cfg), cfg.adapter, cfg.schedule,
         f"{counts['trainable']:,}", f"{counts['total']:,}",
         100 * counts["trainable"] / counts["total"],
     )  # fmt: skip
@@ -119,13 +119,14 @@ def _houlsby(model: nn.Module, cfg: SchemeConfig) -> int:
         raise SchemeError(str(err)) from err
 
 
-def _optimizer_name(cfg: SchemeConfig) -> str:
+def optimizer_name(cfg: SchemeConfig) -> str:
+    """The optimizer a scheme config uses: scheme.optimizer, else the scheme's own."""
     return cfg.optimizer or ("sgd" if cfg.name == "nesterov" else "adam")
 
 
 def _make_optimizer(cfg: SchemeConfig, params: list, lr: float) -> torch.optim.Optimizer:
     """Adam, or plain SGD (no momentum) for scheme.optimizer=sgd, over parameters or groups."""
-    if _optimizer_name(cfg) == "sgd":
+    if optimizer_name(cfg) == "sgd":
         return torch.optim.SGD(params, lr=lr, fused=True)
     return torch.optim.Adam(params, lr=lr, fused=True)
 
