@@ -91,7 +91,8 @@ def test_main_writes_tables_and_plots(tmp_path) -> None:
     out = tmp_path / "report"
     md = (out / "report.md").read_text()
     # Published: GPT-2 on MNIST, FPT 98.5 and unfrozen pretrained 99.0; nothing for MiniLM.
-    fpt, unfrozen = "65.0 ± 5.0 (lr 1e-03) [paper 98.5]", "75.0 ± n/a (lr 1e-03) [paper 99.0]"
+    fpt = "65.0 ± 5.0 (lr 1e-03) [paper 98.5, Δ -33.5]"
+    unfrozen = "75.0 ± n/a (lr 1e-03) [paper 99.0, Δ -24.0]"
     assert f"| mnist | {fpt} | {unfrozen} |" in md
     assert "| mnist | 50.0 ± n/a (lr 1e-03) [paper n/a] |" in md
     assert "## gpt2, scheme fixed: gradient steps to the best validation metric" in md
@@ -109,7 +110,7 @@ def test_main_writes_tables_and_plots(tmp_path) -> None:
     table = (out / "test_table.csv").read_text().splitlines()
     assert table[:2] == [
         "model,scheme,task,fpt,unfrozen_pretrained",
-        "gpt2,fixed,mnist,65.0 ± 5.0 [paper 98.5],75.0 ± n/a [paper 99.0]",
+        'gpt2,fixed,mnist,"65.0 ± 5.0 [paper 98.5, Δ -33.5]","75.0 ± n/a [paper 99.0, Δ -24.0]"',
     ]
     for name in ("lr_mnist_gpt2.png", "curves_mnist_gpt2.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"

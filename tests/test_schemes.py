@@ -318,7 +318,7 @@ def test_decay_on_the_command_line_is_checked_before_training(tmp_path: Path) ->
 
 
 @pytest.mark.parametrize(
-    "preset", sorted(p.stem for p in (Path(CONF) / "experiment").glob("*.yaml"))
+    "preset", sorted(p.stem for p in (Path(CONF) / "experiment").glob("survey_*.yaml"))
 )
 def test_experiment_presets_compose_with_the_survey_settings(preset: str) -> None:
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):

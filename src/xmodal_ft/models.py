@@ -14,10 +14,13 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
+from xmodal_ft import inputs
+from xmodal_ft.tasks.augment import ImageAugment
 from xmodal_ft.tasks.base import TaskSpec
 
 log = logging.getLogger(__name__)
-POOLINGS = ("last", "first", "mean")
+# cls: a learned token prepended to non-text inputs (encoders); on text, the tokenizer's [CLS]
+POOLINGS = ("last", "first", "mean", "cls")
 PACKAGE_SCHEME = "pkg://"
 
 
@@ -37,35 +40,56 @@ class ModelConfig:
     dropout: float | None = None
     attn_dropout: float | None = None  # attention-probability dropout; None: as `dropout`
     kwargs: Mapping[str, Any] = field(default_factory=dict)
+    input_init: str = "default"  # default | orthogonal (Lu et al.: gain input_gain, zero bias)
+    input_gain: float = 1.41
+    input_dropout: float = 0.0  # on the input embeddings (Lu et al.: 0.1)
 
 
 class CrossModalModel(nn.Module):
     """Task tokens → `input_layer` → backbone (via `inputs_embeds`) → pooled → `output_layer`.
 
     Text tasks (`input_kind="text"`) keep the backbone's own token embeddings: no input layer.
+    Pooling `cls` prepends a learned token to non-text inputs (`input_layer.token`) and pools it.
+    Tasks with `spec.augment` get their training batches augmented here (`augment`, train mode).
     """
 
-    def __init__(self, backbone: PreTrainedModel, spec: TaskSpec, pooling: str, causal: bool):
+    def __init__(self, backbone: PreTrainedModel, spec: TaskSpec, cfg: ModelConfig):
         super().__init__()
+        pooling, causal = cfg.pooling, cfg.causal
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
         hidden = backbone.config.hidden_size
         self.backbone = backbone
-        self.input_layer = _input_layer(spec, hidden)
+        self.augment = ImageAugment(spec.augment) if spec.augment is not None else None
+        self.input_layer = inputs.input_layer(spec, hidden, cfg.input_init, cfg.input_gain)
+        if pooling == "cls" and self.input_layer is not None:
+            if causal:
+                raise ValueError(
+                    "model.pooling=cls needs a bidirectional encoder: in a causal model the "
+                    "first token attends to nothing else; use model.pooling=last (GPT-2 family)"
+                )
+            self.input_layer = inputs.PrependToken(self.input_layer, hidden)
+        self.input_dropout = inputs.input_dropout(cfg.input_dropout)
         self.output_layer = nn.Linear(hidden, spec.num_classes)
-        self.pooling = pooling
+        self.pooling = "first" if pooling == "cls" else pooling  # [CLS] sits at position 0
         self.causal = causal
+        self.extra_tokens = int(isinstance(self.input_layer, inputs.PrependToken))
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Class logits (N, num_classes) for token inputs `x` with optional true `lengths`."""
+        if self.augment is not None and self.training:
+            x = self.augment(x)
+        if self.input_layer is not None:
+            x = self.input_dropout(self.input_layer(x))
+            if lengths is not None:
+                lengths = lengths + self.extra_tokens
         mask = _padding_mask(x, lengths)
         # Causal models with right padding need no mask: real tokens never attend to later pads.
         attention_mask = None if mask is None or (self.causal and self.pooling == "last") else mask
         if self.input_layer is None:
             hidden = self.backbone(input_ids=x, attention_mask=attention_mask).last_hidden_state
         else:
-            embeds = self.input_layer(x)
-            hidden = self.backbone(inputs_embeds=embeds, attention_mask=attention_mask)
+            hidden = self.backbone(inputs_embeds=x, attention_mask=attention_mask)
             hidden = hidden.last_hidden_state
         return self.output_layer(_pool(hidden, self.pooling, lengths, mask))
 
@@ -76,8 +100,9 @@ def build(cfg: ModelConfig, spec: TaskSpec, *, pretrained: bool, seed: int) -> C
     backbone = _load_backbone(cfg, pretrained)
     if spec.input_kind != "text":
         _drop_token_embeddings(backbone)
-    _check_positions(backbone.config, spec, cfg.name)
-    return CrossModalModel(backbone, spec, cfg.pooling, cfg.causal)
+    extra = int(cfg.pooling == "cls" and spec.input_kind != "text")
+    _check_positions(backbone.config, spec, cfg.name, extra)
+    return CrossModalModel(backbone, spec, cfg)
 
 
 def speed_up(model: CrossModalModel, *, grad_checkpointing: bool, compile: bool) -> None:
@@ -178,24 +203,16 @@ def _drop_token_embeddings(backbone: PreTrainedModel) -> None:
     backbone.set_input_embeddings(None)
 
 
-def _check_positions(config: PretrainedConfig, spec: TaskSpec, name: str) -> None:
+def _check_positions(config: PretrainedConfig, spec: TaskSpec, name: str, extra: int = 0) -> None:
+    """Sequences of `spec.seq_len` tokens plus `extra` prepended ones must fit the positions."""
     max_positions = getattr(config, "max_position_embeddings", None)
-    if max_positions is not None and spec.seq_len > max_positions:
+    if max_positions is not None and spec.seq_len + extra > max_positions:
+        plus = f" plus {extra} [CLS] token" if extra else ""
         raise ValueError(
-            f"task {spec.name} has sequences of {spec.seq_len} tokens but model {name} has "
-            f"{max_positions} positions: shorten the task (e.g. task.max_len={max_positions}) "
-            "or choose a model with more positions"
+            f"task {spec.name} has sequences of {spec.seq_len} tokens{plus} but model {name} has "
+            f"{max_positions} positions: shorten the task (e.g. "
+            f"task.max_len={max_positions - extra}) or choose a model with more positions"
         )
-
-
-def _input_layer(spec: TaskSpec, hidden: int) -> nn.Module | None:
-    if spec.input_kind == "continuous":
-        return nn.Linear(spec.token_dim, hidden)
-    if spec.input_kind == "discrete":
-        return nn.Embedding(spec.vocab_size, hidden, padding_idx=spec.pad_id)
-    if spec.input_kind == "text":
-        return None
-    raise ValueError(f"unknown input kind {spec.input_kind!r}")
 
 
 def _padding_mask(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor | None:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from xmodal_ft import allocator, engine, models, record, schemes, tasks, threads, variants
+from xmodal_ft import allocator, engine, models, papers, record, schemes, tasks, threads, variants
 from xmodal_ft.engine import FitConfig, FitResult
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,8 @@ def _run_seed(
     variants.apply(model, variant)
     model.to(device)
     fit_cfg = _fit_config(cfg, steps_per_epoch=len(data.train) // cfg.batch_size)
+    if group is not None and not (choices or {}).get("experiment"):  # a sweep without a preset
+        papers.warn_if_short(cfg.task.name, fit_cfg.max_steps, cfg.batch_size, len(data.train))
     scheme = schemes.SchemeConfig(**_plain(cfg.scheme))
     plan = schemes.build(model, scheme, lr=cfg.lr, total_steps=fit_cfg.max_steps)
     params = plan.params

@@ -1,29 +1,30 @@
 """Multirun report: best LR by mean validation metric over seeds, test mean ± SEM, tables, plots.
 
     python -m xmodal_ft.report multirun/2026-01-01/12-00-00 [more dirs] [--out DIR]
-        [--compare rothermel2021] [--wandb]
+        [--compare rothermel2021|survey] [--wandb]
 
-Runs are grouped by (task, model, variant, scheme); within a group, the LR with the best mean
-validation metric (the task's first metric, e.g. `acc` or `mcc`) over seeds is chosen and its test
-metric is reported as mean ± standard error of the mean (SEM) over seeds.
+Runs are grouped by (task, model, variant, scheme); the scheme is labelled with its adapter,
+schedule and optimizer where they are not the defaults (`fixed+houlsby+sgd`). Within a group, the
+LR with the best mean validation metric (the task's first metric, e.g. `acc` or `mcc`) over seeds
+is chosen and its test metric is reported as mean ± standard error of the mean (SEM) over seeds.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import logging
 import math
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass
-from importlib import resources
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xmodal_ft import report_compare
 from xmodal_ft.record import NOT_HASHED, RESULTS
+from xmodal_ft.schemes import SchemeConfig, optimizer_name
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,12 @@ GROUP = ("task", "model", "variant", "scheme")
 # Config keys that may differ between runs averaged or compared within a group.
 FREE_KEYS = NOT_HASHED | {"lr", "seed", "seeds", "device", "eval_batch_size"}
 # Published numbers shipped in xmodal_ft/data (copied verbatim from the papers' tables).
-PAPERS = {"rothermel2021": "rothermel2021.csv", "paper": "rothermel2021.csv"}
+PAPERS = {
+    "rothermel2021": "rothermel2021.csv",
+    "paper": "rothermel2021.csv",
+    "survey": "survey_finetuning.csv",
+}
+REFERENCE = "fpt"  # the paper's steps metric: steps to match this variant's best
 
 
 class ReportError(ValueError):
@@ -52,6 +58,7 @@ class Run:
     best_step: int
     history: list[dict[str, float]]
     config: dict[str, Any]
+    tests: dict[str, float] = field(default_factory=dict)  # every test metric
 
 
 @dataclass(frozen=True)
@@ -103,7 +110,7 @@ def _parse(path: Path, payload: Any) -> Run:
     config, metric = payload["config"], payload.get("metric", "acc")
     return Run(
         path=path.parent,
-        group=tuple(str(config[g]["name"]) for g in GROUP),  # type: ignore[arg-type]
+        group=(*(str(config[g]["name"]) for g in GROUP[:3]), scheme_label(config["scheme"])),
         lr=float(config["lr"]),
         seed=int(config["seed"]),
         metric=metric,
@@ -112,7 +119,18 @@ def _parse(path: Path, payload: Any) -> Run:
         best_step=int(payload["best_step"]),
         history=list(payload.get("history", [])),
         config=config,
+        tests={k.removeprefix("test/"): float(v) for k, v in payload.items() if k[:5] == "test/"},
     )
+
+
+def scheme_label(scheme: dict[str, Any]) -> str:
+    """The scheme's name, then its adapter, schedule and optimizer where not the defaults."""
+    name = str(scheme["name"])
+    own = optimizer_name(SchemeConfig(name))
+    values = [scheme.get("adapter", "none"), scheme.get("schedule", "constant")]
+    values.append(scheme.get("optimizer") or own)
+    defaults = ["none", "constant", own]
+    return "+".join([name, *(v for v, d in zip(values, defaults, strict=True) if v != d)])
 
 
 def mean_sem(values: list[float]) -> tuple[float, float]:
@@ -184,17 +202,12 @@ def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> set[
     return found
 
 
-def load_paper(name: str) -> dict[tuple[str, str, str], float]:
-    """Published test metrics {(task, model, variant): value in [0, 1]} of `--compare name`."""
+def load_paper(name: str) -> report_compare.Published:
+    """Published numbers of `--compare name` in [0, 1]: rothermel2021 (alias paper) by (task,
+    model, variant); survey by (task, scheme, adapter, schedule)."""
     if name not in PAPERS:
         raise ReportError(f"unknown --compare {name!r}; choose one of: {', '.join(PAPERS)}")
-    text = resources.files("xmodal_ft.data").joinpath(PAPERS[name]).read_text(encoding="utf-8")
-    rows = csv.DictReader(io.StringIO(text))
-    return {
-        (r["task"], r["model"], r["variant"]): float(r["test_acc"]) / 100
-        for r in rows
-        if r["test_acc"].strip()
-    }
+    return report_compare.Published(PAPERS[name])
 
 
 def _fmt(mean_and_sem: tuple[float, float], scale: float = 100.0, digits: int = 1) -> str:
@@ -223,13 +236,10 @@ def write(
     return paths
 
 
-def _paper_value(paper: dict | None, s: Selection) -> float | None:
-    return None if paper is None else paper.get((s.group[0], s.group[1], s.group[2]))
-
-
 def _write_csv(selections: list[Selection], path: Path, paper: dict | None) -> Path:
     fields = [*GROUP, "metric", "lr", "n_seeds", "val_mean", "val_sem", "test_mean", "test_sem"]
-    fields += ["steps_mean", "steps_sem"] + (["paper_test"] if paper is not None else [])
+    fields += ["steps_mean", "steps_sem"]
+    fields += ["paper_test", "paper_diff"] if paper is not None else []
     with path.open("w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file)
         writer.writerow(fields)
@@ -237,8 +247,8 @@ def _write_csv(selections: list[Selection], path: Path, paper: dict | None) -> P
             b = s.best
             row = [*s.group, s.metric, b.lr, len(b.seeds), *b.val, *b.test, *b.steps]
             if paper is not None:
-                value = _paper_value(paper, s)
-                row.append("" if value is None else value)
+                value, diff = report_compare.value(paper, s), report_compare.diff(paper, s)
+                row += ["" if value is None else value, "" if diff is None else diff]
             writer.writerow(row)
     return path
 
@@ -271,10 +281,7 @@ def _cell(s: Selection | None, paper: dict | None, with_lr: bool = True) -> str:
     if s is None:
         return ""
     text = _fmt(s.best.test) + (f" (lr {s.best.lr:.0e})" if with_lr else "")
-    value = _paper_value(paper, s)
-    if paper is not None:
-        text += f" [paper {value * 100:.1f}]" if value is not None else " [paper n/a]"
-    return text
+    return text + (report_compare.cell_suffix(paper, s) if paper is not None else "")
 
 
 def _write_markdown(
@@ -283,20 +290,26 @@ def _write_markdown(
     lines = ["# Sweep report", ""]
     lines += [
         "Test metric (×100) at the LR with the best mean validation metric, mean ± SEM over "
-        "seeds; chosen LR in parentheses.",
+        "seeds; chosen LR in parentheses"
+        + ("; published numbers in brackets, Δ = ours − published." if paper is not None else "."),
         "",
     ]
+    match = f"gradient steps to match {REFERENCE}'s best validation metric (Rothermel et al.)"
     for (model, scheme), rows in _pivot(selections).items():
         variants = sorted({v for cells in rows.values() for v in cells})
-        for title, cell in (
-            ("test", lambda s: _cell(s, paper)),
-            ("gradient steps to the best validation metric", lambda s: _steps(s)),
-        ):
+        tables = [
+            ("test", lambda s, _: _cell(s, paper)),
+            ("gradient steps to the best validation metric", lambda s, _: _steps(s)),
+        ]
+        if any(REFERENCE in cells for cells in rows.values()):
+            tables.append((match, lambda s, cells: _steps_to_match(s, cells.get(REFERENCE), paper)))
+        for title, cell in tables:
             lines += [f"## {model}, scheme {scheme}: {title}", ""]
             lines += ["| task | " + " | ".join(variants) + " |"]
             lines += ["|---" * (len(variants) + 1) + "|"]
             for task, cells in sorted(rows.items()):
-                lines += [f"| {task} | " + " | ".join(cell(cells.get(v)) for v in variants) + " |"]
+                row = " | ".join(cell(cells.get(v), cells) for v in variants)
+                lines += [f"| {task} | {row} |"]
             lines += [""]
     if skipped:
         lines += ["## Skipped files", "", *(f"- {line}" for line in skipped), ""]
@@ -306,6 +319,18 @@ def _write_markdown(
 
 def _steps(s: Selection | None) -> str:
     return "" if s is None else _fmt(s.best.steps, scale=1.0, digits=0)
+
+
+def _steps_to_match(s: Selection | None, reference: Selection | None, paper: dict | None) -> str:
+    """Mean ± SEM over the seeds that reach the reference's best (how many, if not all)."""
+    if s is None or reference is None:
+        return ""
+    steps = report_compare.matched_steps(s, reference)
+    reached = [float(n) for n in steps if n is not None]
+    text = _fmt(mean_sem(reached), scale=1.0, digits=0) if reached else "not reached"
+    if reached and len(reached) < len(steps):
+        text += f" ({len(reached)}/{len(steps)} seeds)"
+    return text + report_compare.steps_suffix(paper, s)
 
 
 def log_to_wandb(paths: list[Path], project: str) -> None:

@@ -1,12 +1,13 @@
 """Fine-tuning schemes: optimizer and parameter groups, LR schedule, unfreeze plan, adapters.
 
 The four schemes of the fine-tuning survey, each composable with `adapter` (houlsby | none) and
-`schedule` (constant | slanted_triangular):
-- fixed: Adam, one LR (Lu et al., Rothermel et al.).
-- nesterov: SGD with Nesterov momentum (0.9).
-- discriminative: Adam, LR of a layer group = lr · decay^(depth from the top) (ULMFiT, decay
+`schedule` (constant | slanted_triangular); `optimizer` (adam | sgd: plain SGD) picks the update
+rule of fixed, discriminative and gradual_unfreeze (default adam):
+- fixed: one LR (Lu et al., Rothermel et al.: Adam).
+- nesterov: SGD with Nesterov momentum (0.9); its optimizer is always sgd.
+- discriminative: LR of a layer group = lr · decay^(depth from the top) (ULMFiT, decay
   1/2.6; Sun et al. 2019, "How to Fine-Tune BERT for Text Classification").
-- gradual_unfreeze: Adam, one LR; at epoch e only the top e+1 layer groups train (ULMFiT).
+- gradual_unfreeze: one LR; at epoch e only the top e+1 layer groups train (ULMFiT).
 Layer groups come from `layers.layer_groups`: bottom (input layer, embeddings), each layer, top.
 Optimizers hold trainable parameters only and use fused kernels (CPU and CUDA; on CPU 3-6x faster
 per step than the multi-tensor `foreach` ones).
@@ -43,6 +44,7 @@ class SchemeConfig:
     ratio: float = 32.0  # slanted triangular: peak LR / floor LR
     decay: float = 1 / 2.6  # discriminative: LR factor per layer group down from the top
     momentum: float = 0.9  # nesterov
+    optimizer: str | None = None  # adam | sgd (plain); None: the scheme's own (nesterov: sgd)
 
 
 @dataclass
@@ -77,8 +79,9 @@ def build(model: nn.Module, cfg: SchemeConfig, lr: float, total_steps: int = 1) 
         "adapter": adapter_params,
     }
     log.info(
-        "scheme %s (adapter %s, schedule %s): %s of %s parameters trainable (%.2f%%)",
-        cfg.name, cfg.adapter, cfg.schedule, f"{counts['trainable']:,}", f"{counts['total']:,}",
+        "scheme %s (optimizer %s, adapter %s, schedule %s): %s of %s parameters trainable "
+        "(%.2f%%)", cfg.name, optimizer_name(cfg), cfg.adapter, cfg.schedule,
+        f"{counts['trainable']:,}", f"{counts['total']:,}",
         100 * counts["trainable"] / counts["total"],
     )  # fmt: skip
     return TrainPlan(optimizer, lr_scale, on_epoch, counts)
@@ -94,6 +97,15 @@ def _validate(cfg: SchemeConfig) -> None:
         raise SchemeError(f"scheme.decay={cfg.decay} must be > 0 (ULMFiT: 1/2.6 ≈ 0.385)")
     if not 0 <= cfg.momentum < 1:
         raise SchemeError(f"scheme.momentum={cfg.momentum} must lie in [0, 1) (survey: 0.9)")
+    if cfg.optimizer is not None and cfg.optimizer not in OPTIMIZERS:
+        raise SchemeError(
+            f"unknown scheme.optimizer {cfg.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}"
+        )
+    if cfg.name == "nesterov" and cfg.optimizer not in (None, "sgd"):
+        raise SchemeError(
+            f"scheme nesterov is SGD with Nesterov momentum, not {cfg.optimizer}: set "
+            f"scheme.optimizer=sgd, or scheme=fixed scheme.optimizer={cfg.optimizer}"
+        )
 
 
 def _no_adapter(model: nn.Module, cfg: SchemeConfig) -> int:
@@ -107,10 +119,21 @@ def _houlsby(model: nn.Module, cfg: SchemeConfig) -> int:
         raise SchemeError(str(err)) from err
 
 
+def optimizer_name(cfg: SchemeConfig) -> str:
+    """The optimizer a scheme config uses: scheme.optimizer, else the scheme's own."""
+    return cfg.optimizer or ("sgd" if cfg.name == "nesterov" else "adam")
+
+
+def _make_optimizer(cfg: SchemeConfig, params: list, lr: float) -> torch.optim.Optimizer:
+    """Adam, or plain SGD (no momentum) for scheme.optimizer=sgd, over parameters or groups."""
+    if optimizer_name(cfg) == "sgd":
+        return torch.optim.SGD(params, lr=lr, fused=True)
+    return torch.optim.Adam(params, lr=lr, fused=True)
+
+
 def _fixed(model: nn.Module, cfg: SchemeConfig, lr: float) -> Optimizer:
-    """Adam with one learning rate (Lu et al., Rothermel et al.)."""
-    params = _trainable(model)
-    return torch.optim.Adam(params, lr=lr, fused=True), None
+    """One learning rate (Lu et al., Rothermel et al.: Adam)."""
+    return _make_optimizer(cfg, _trainable(model), lr), None
 
 
 def _nesterov(model: nn.Module, cfg: SchemeConfig, lr: float) -> Optimizer:
@@ -121,15 +144,15 @@ def _nesterov(model: nn.Module, cfg: SchemeConfig, lr: float) -> Optimizer:
 
 
 def _discriminative(model: nn.Module, cfg: SchemeConfig, lr: float) -> Optimizer:
-    """Adam with one parameter group per layer group at lr · decay^(depth from the top)."""
+    """One parameter group per layer group at lr · decay^(depth from the top)."""
     groups = _trainable_groups(model)
-    return _adam_by_group(groups, [lr * cfg.decay**depth for depth in _depths(groups)]), None
+    return _by_group(groups, [lr * cfg.decay**depth for depth in _depths(groups)], cfg), None
 
 
 def _gradual_unfreeze(model: nn.Module, cfg: SchemeConfig, lr: float) -> Optimizer:
-    """Adam, one LR; `on_epoch(e)` lets only the groups of depth <= e (from the top) train."""
+    """One LR; `on_epoch(e)` lets only the groups of depth <= e (from the top) train."""
     groups = _trainable_groups(model)
-    optimizer = _adam_by_group(groups, [lr] * len(groups))
+    optimizer = _by_group(groups, [lr] * len(groups), cfg)
 
     def on_epoch(epoch: int) -> None:
         for group, depth in zip(groups, _depths(groups), strict=True):
@@ -157,14 +180,14 @@ def _depths(groups: list[Group]) -> list[int]:
     return list(range(len(groups) - 1, -1, -1))
 
 
-def _adam_by_group(groups: list[Group], lrs: list[float]) -> torch.optim.Optimizer:
+def _by_group(groups: list[Group], lrs: list[float], cfg: SchemeConfig) -> torch.optim.Optimizer:
     param_groups = [
         {"params": list(g.params.values()), "lr": lr, "name": g.name}
         for g, lr in zip(groups, lrs, strict=True)
     ]
     for g, lr in zip(groups, lrs, strict=True):
         log.info("group %-9s lr %.3g, %s parameters", g.name, lr, f"{_numel(g):,}")
-    return torch.optim.Adam(param_groups, lr=lrs[0], fused=True)
+    return _make_optimizer(cfg, param_groups, lrs[0])
 
 
 def _numel(group: Group) -> int:
@@ -175,6 +198,7 @@ def _trainable(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+OPTIMIZERS = ("adam", "sgd")
 SCHEMES: dict[str, Callable[[nn.Module, SchemeConfig, float], Optimizer]] = {
     "fixed": _fixed,
     "nesterov": _nesterov,

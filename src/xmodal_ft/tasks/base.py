@@ -15,12 +15,27 @@ class DataError(ValueError):
 
 
 @dataclass(frozen=True)
+class Augment:
+    """Random training-time image transforms and the geometry of the image behind the tokens."""
+
+    channels: int
+    height: int
+    width: int
+    patch_size: int
+    crop_padding: int = 0  # RandomCrop(size, padding): shifts by -padding..padding pixels
+    flip: bool = False  # RandomHorizontalFlip(0.5)
+    max_rotation: float = 0.0  # RandomRotation(degrees): uniform in ±degrees
+    fill: tuple[float, ...] = (0.0,)  # per channel: a black pixel after normalisation
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """What a model needs to know about a task's inputs and outputs.
 
     input_kind: "continuous" (x is float (N, L, token_dim)), "discrete" (x is integer (N, L) over
     `vocab_size` task tokens), "text" (x is integer (N, L) ids of the model's own tokenizer);
-    consumers cast integer inputs with `.long()` per batch.
+    consumers cast integer inputs with `.long()` per batch. `augment`: image transforms the
+    model applies to training batches (tasks.augment.ImageAugment), or None.
     """
 
     name: str
@@ -31,6 +46,7 @@ class TaskSpec:
     vocab_size: int = 0
     pad_id: int = 0
     metrics: tuple[str, ...] = ("acc",)
+    augment: Augment | None = None
 
 
 @dataclass

@@ -1,7 +1,9 @@
 """Image classification tasks as token sequences: patch / pixel tokenizers and the data loaders.
 
 Every task yields float32 tokens (N, L, D) with pixel values scaled to [0, 1] (8-bit images are
-divided by 255, scikit-learn's 4-bit digits by 16) and no further normalisation. Patch tokens are
+divided by 255, scikit-learn's 4-bit digits by 16); the CIFAR tasks optionally normalise per
+channel (`normalize`) and augment training batches (`augment`, applied by the model) as Lu et al.'s
+code does. Patch tokens are
 flattened ViT-style as in Lu et al.'s code, `b c (h p1) (w p2) -> b (h w) (p1 p2 c)`: patches in
 row-major order over the grid, and inside a patch rows, then columns, then channels (channels last).
 Raw files are read in their original formats (MNIST IDX, CIFAR-10 python pickles); without a
@@ -14,7 +16,7 @@ import gzip
 import logging
 import pickle
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from xmodal_ft.tasks.base import DataError, Split, TaskData, TaskSpec, carve_validation, subsample
+from xmodal_ft.tasks.base import (
+    Augment,
+    DataError,
+    Split,
+    TaskData,
+    TaskSpec,
+    carve_validation,
+    subsample,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +103,46 @@ def to_grayscale(images: torch.Tensor) -> torch.Tensor:
     return (images * weights).sum(dim=1, keepdim=True)
 
 
+def normalize(tokens: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """(x - mean) / std per channel of channels-last tokens (N, L, k·C), in place."""
+    view = tokens.view(*tokens.shape[:-1], -1, len(mean))
+    view.sub_(torch.tensor(mean)).div_(torch.tensor(std))
+    return tokens
+
+
+def _check_norm(norm: Mapping | None, channels: int) -> None:
+    if not norm:
+        return
+    if set(norm) != {"mean", "std"}:
+        raise DataError(
+            f"task.normalize must be null or {{mean: [...], std: [...]}} (one value per channel), "
+            f"got keys {sorted(norm)}"
+        )
+    if len(norm["mean"]) != channels or len(norm["std"]) != channels or min(norm["std"]) <= 0:
+        raise DataError(
+            f"task.normalize needs one mean and one positive std per image channel ({channels}); "
+            f"got mean={list(norm['mean'])}, std={list(norm['std'])}"
+        )
+
+
+def _augment(
+    images: torch.Tensor, patch_size: int, augment: Mapping | None, norm: Mapping | None
+) -> Augment | None:
+    """The `Augment` of a task's `augment` node for raw `images` (N, C, H, W); None when off."""
+    if not augment:
+        return None
+    unknown = sorted(set(augment) - {"crop_padding", "flip", "max_rotation"})
+    if unknown:
+        raise DataError(
+            f"unknown task.augment keys {unknown}; use crop_padding, flip, max_rotation"
+        )
+    channels, height, width = images.shape[1:]
+    fill = (0.0,) * channels  # black; after normalisation -mean/std
+    if norm:
+        fill = tuple(-m / s for m, s in zip(norm["mean"], norm["std"], strict=True))
+    return Augment(channels, height, width, patch_size, **augment, fill=fill)
+
+
 def _patch_tokens(images: torch.Tensor, patch_size: int, max_value: float) -> torch.Tensor:
     return patchify(images, patch_size).float().div_(max_value)
 
@@ -154,11 +204,20 @@ def cifar10(
     split_seed: int = 0,
     n_train: int | None = None,
     n_test: int | None = None,
+    normalize: Mapping[str, Sequence[float]] | None = None,
+    augment: Mapping[str, float | bool] | None = None,
 ) -> TaskData:
-    """CIFAR-10 32x32x3 in 4x4 patches: 64 tokens of dim 48 (p1, p2, channel order)."""
+    """CIFAR-10 32x32x3 in 4x4 patches: 64 tokens of dim 48 (p1, p2, channel order).
+
+    `normalize` {mean, std} per channel of [0, 1] pixels; `augment` {crop_padding, flip,
+    max_rotation}: training batches only (the model applies it).
+    """
+    _check_norm(normalize, channels=3)
     train, test = _load_cifar(data_dir, hub_id)
     tokenize = partial(_patch_tokens, patch_size=patch_size, max_value=255.0)
-    return _finish("cifar10", train, test, tokenize, val_size, split_seed, n_train, n_test)
+    aug = _augment(train.x, patch_size, augment, normalize)
+    data = _finish("cifar10", train, test, tokenize, val_size, split_seed, n_train, n_test, aug)
+    return _normalized(data, normalize)
 
 
 def cifar10_lra(
@@ -169,12 +228,21 @@ def cifar10_lra(
     split_seed: int = 0,
     n_train: int | None = None,
     n_test: int | None = None,
+    normalize: Mapping[str, Sequence[float]] | None = None,
+    augment: Mapping[str, float | bool] | None = None,
 ) -> TaskData:
-    """LRA's CIFAR-10: grayscale (`to_grayscale`), 1024 pixel tokens of dim 1, no augmentation."""
+    """LRA's CIFAR-10: grayscale (`to_grayscale`), 1024 pixel tokens of dim 1.
+
+    LRA defines no augmentation (the default); `normalize` and `augment` as in `cifar10`, on the
+    grayscale image (Lu et al.'s `cifar10_gray`: mean 0.5, std 0.5).
+    """
+    _check_norm(normalize, channels=1)
     train, test = _load_cifar(data_dir, hub_id)
-    return _finish(
-        "cifar10_lra", train, test, _gray_pixel_tokens, val_size, split_seed, n_train, n_test
+    aug = _augment(train.x[:, :1], 1, augment, normalize)
+    data = _finish(
+        "cifar10_lra", train, test, _gray_pixel_tokens, val_size, split_seed, n_train, n_test, aug
     )
+    return _normalized(data, normalize)
 
 
 def _finish(
@@ -186,18 +254,29 @@ def _finish(
     split_seed: int,
     n_train: int | None,
     n_test: int | None,
+    augment: Augment | None = None,
 ) -> TaskData:
     """Carve val from raw train, subsample, then tokenize each split (cheaper than the reverse)."""
     train, val = carve_validation(train, val_size, split_seed)
     train, test = subsample(train, n_train, split_seed), subsample(test, n_test, split_seed)
     train, val, test = (Split(tokenize(s.x), s.y) for s in (train, val, test))
     _, seq_len, token_dim = train.x.shape
-    spec = TaskSpec(name, NUM_CLASSES, "continuous", seq_len=seq_len, token_dim=token_dim)
+    spec = TaskSpec(
+        name, NUM_CLASSES, "continuous", seq_len=seq_len, token_dim=token_dim, augment=augment
+    )
     log.info(
         "%s: %d/%d/%d train/val/test, %d tokens of dim %d",
         name, len(train), len(val), len(test), seq_len, token_dim,
     )  # fmt: skip
     return TaskData(spec, train, val, test)
+
+
+def _normalized(data: TaskData, norm: Mapping[str, Sequence[float]] | None) -> TaskData:
+    """`data` with every split normalised by `norm` ({mean, std}), if given."""
+    if norm:
+        for split in (data.train, data.val, data.test):
+            normalize(split.x, norm["mean"], norm["std"])
+    return data
 
 
 # ---- original file formats --------------------------------------------------------------------

@@ -10,13 +10,16 @@ not from a different distribution: the root is always an operator (LRA rejects b
 tree is abandoned as soon as it passes max_len. LRA's de-duplication is left out: two identical
 trees of 500+ tokens are vanishingly unlikely.
 
-Tokens (VOCAB): pad, digits, `[MIN`, `[MAX`, `[MED`, `[SM` and `]`. Two bugs of the original
-pipeline are avoided: `]` stays a token (LRA's tfds tokenizer dropped it) and nothing is truncated
-(LRA cut inputs at 512). LRA's `(`/`)` are dropped: its TSV wraps every argument in them as a
-by-product of its tuple encoding, so they repeat what the brackets say, roughly double the length
-and are not counted by LRA's own length bounds. The reader strips them, so both sources give the
-same tokens. `Split.x` is int16 to save memory (96k x 2000 tokens: 384 MB); call `.long()` on a
-batch before an embedding lookup.
+Tokens (VOCAB): pad, digits, `[MIN`, `[MAX`, `[MED`, `[SM` and `]`. By default two quirks of the
+original pipeline are avoided: `]` stays a token (LRA's tfds tokenizer dropped it) and nothing is
+truncated (LRA cut inputs at 512). Both are options, as Lu et al.'s code (which Rothermel et al.
+build on) has them: `keep_end=False` drops `]`, and every sequence (read or generated) is cut to
+its first `max_len` tokens; `gen_max_len` lets the generator draw LRA's lengths (up to 2000) that
+are then cut to `max_len`. Labels are always the value of the whole tree. LRA's `(`/`)` are
+dropped: its TSV wraps every argument in them as a by-product of its tuple encoding, so they repeat
+what the brackets say, roughly double the length and are not counted by LRA's own length bounds.
+The reader strips them, so both sources give the same tokens. `Split.x` is int16 to save memory
+(96k x 2000 tokens: 384 MB); call `.long()` on a batch before an embedding lookup.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ NUM_CLASSES = 10
 SPLITS = ("train", "val", "test")
 
 _DIGIT0, _OP0, _END = TOKEN_IDS["0"], TOKEN_IDS[OPERATORS[0]], TOKEN_IDS[END]
+_END_BYTE = bytes([_END])
 _GROUPING = frozenset({"(", ")"})
 _OP_P = 0.25  # LRA: a non-root node above max_depth is an operator with this probability
 _MAX_TRIES = 1000  # rejected trees in a row before the length window is declared unreachable
@@ -107,7 +111,9 @@ class _Rules:
     def check(self) -> None:
         if not 1 <= self.min_len <= self.max_len:
             raise DataError(
-                f"ListOps needs 1 <= min_len <= max_len; got {self.min_len}, {self.max_len}"
+                f"ListOps generation needs 1 <= min_len <= max_len; got {self.min_len}, "
+                f"{self.max_len}: lower task.min_len, or set task.gen_max_len to generate longer "
+                "trees and cut them to task.max_len tokens"
             )
         if self.max_depth < 2 or self.max_args < 2:
             raise DataError(
@@ -213,6 +219,20 @@ def _read_lra(data_dir: str, sizes: dict[str, int]) -> dict[str, tuple[list[byte
     return out
 
 
+def _shorten(
+    rows: list[bytes], labels: list[int], keep_end: bool, max_len: int
+) -> tuple[list[bytes], list[int]]:
+    """Rows without `]` unless `keep_end`, then cut to their first `max_len` tokens."""
+    if not keep_end:
+        rows = [row.replace(_END_BYTE, b"") for row in rows]
+    cut = sum(len(row) > max_len for row in rows)
+    if cut:
+        log.info(
+            "ListOps: %d of %d sequences cut to task.max_len=%d tokens", cut, len(rows), max_len
+        )
+    return [row[:max_len] for row in rows], labels
+
+
 def _pack(rows: list[bytes], labels: list[int], seq_len: int) -> Split:
     """Right-pad token rows with PAD_ID into an int16 (N, seq_len) tensor."""
     lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
@@ -230,21 +250,29 @@ def listops(
     n_test: int = 2000,
     min_len: int = 500,
     max_len: int = 2000,
+    gen_max_len: int | None = None,
+    keep_end: bool = True,
     max_depth: int = 10,
     max_args: int = 10,
     seed: int = 0,
 ) -> TaskData:
     """LRA ListOps: read LRA's TSV files from `data_dir`, or generate with `seed` if it is None.
 
-    Generation uses min_len..max_len (inclusive token counts), max_depth and max_args; each split
-    draws from its own SeedSequence child, so a split does not change when another split's size
-    does. Reading takes the first n rows of each file (LRA wrote them in arbitrary set order).
+    Generation uses min_len..gen_max_len (inclusive token counts; gen_max_len None: max_len),
+    max_depth and max_args; each split draws from its own SeedSequence child, so a split does not
+    change when another split's size does. Reading takes the first n rows of each file (LRA wrote
+    them in arbitrary set order). Then `]` is dropped unless `keep_end`, and every sequence is
+    cut to its first `max_len` tokens (Lu et al.: 512, without `]`).
     """
+    if max_len < 1:
+        raise DataError(f"task.max_len={max_len} must be >= 1 (tokens per sequence)")
     sizes = dict(zip(SPLITS, (n_train, n_val, n_test), strict=True))
     if data_dir is not None:
         data = _read_lra(data_dir, sizes)
     else:
-        rules = _Rules(min_len, max_len, max_depth, max_args)
+        rules = _Rules(
+            min_len, max_len if gen_max_len is None else gen_max_len, max_depth, max_args
+        )
         rules.check()
         streams = np.random.SeedSequence(seed).spawn(len(SPLITS))
         start = time.perf_counter()
@@ -253,6 +281,9 @@ def listops(
             for (name, n), s in zip(sizes.items(), streams, strict=True)
         }
         log.info("generated ListOps %s in %.1f s", sizes, time.perf_counter() - start)
+    data = {
+        name: _shorten(rows, labels, keep_end, max_len) for name, (rows, labels) in data.items()
+    }
     seq_len = max((len(row) for rows, _ in data.values() for row in rows), default=1)
     splits = {name: _pack(rows, labels, seq_len) for name, (rows, labels) in data.items()}
     spec = TaskSpec(
