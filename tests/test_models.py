@@ -91,3 +91,21 @@ def test_pooling_by_hand() -> None:
     assert models._pool(hidden, "last", None, None).tolist() == [[4, 5], [10, 11]]
     assert models._pool(hidden, "mean", None, None).tolist() == [[2, 3], [8, 9]]
     assert models._padding_mask(hidden, lengths).tolist() == mask.tolist()
+
+
+@pytest.mark.parametrize("offline", [True, False])
+def test_load_errors_say_why_and_how_to_fix(tmp_path, monkeypatch, offline: bool) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1" if offline else "0")
+    network = (
+        "HF_HUB_OFFLINE=1 forbids the download: unset it on a machine with network access"
+        if offline
+        else "the hub could not be reached"
+    )
+    fix = "or set model.path=<local dir saved with save_pretrained> (or use model=minilm, shipped "
+    assert models._offline_hint("gpt2", "org/absent") == (
+        f"cannot load model gpt2 from 'org/absent': it is not a local directory and {network}, "
+        f"{fix}offline)"
+    )
+    assert models._offline_hint("gpt2", str(tmp_path)).startswith(
+        f"cannot load model gpt2 from '{tmp_path}': the directory is invalid and {network}, "
+    )

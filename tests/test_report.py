@@ -165,3 +165,20 @@ def test_published_numbers_ship_with_the_package() -> None:
     assert paper[("listops", "gpt2", "unfrozen_random")] == pytest.approx(0.576)
     with pytest.raises(report.ReportError, match="choose one of: rothermel2021, paper"):
         report.load_paper("nope")
+
+
+def test_write_returns_every_file_and_reruns_into_the_same_nested_dir(tmp_path) -> None:
+    grid(tmp_path / "runs")
+    selections = report.aggregate(report.load_runs([tmp_path / "runs"])[0])
+    out = tmp_path / "reports" / "nested"
+    for _ in range(2):  # a second report into the same directory overwrites the first
+        paths = report.write(selections, out, skipped=[])
+    assert [p.name for p in paths] == [
+        "results.csv", "test_table.csv", "report.md", "lr_mnist_gpt2.png", "curves_mnist_gpt2.png"
+    ]  # fmt: skip
+    assert all(p.parent == out and p.stat().st_size > 0 for p in paths)
+    header = (out / "results.csv").read_text().splitlines()[0]
+    assert header == (
+        "task,model,variant,scheme,metric,lr,n_seeds,val_mean,val_sem,test_mean,test_sem,"
+        "steps_mean,steps_sem"
+    )
