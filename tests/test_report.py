@@ -182,3 +182,44 @@ def test_write_returns_every_file_and_reruns_into_the_same_nested_dir(tmp_path) 
         "task,model,variant,scheme,metric,lr,n_seeds,val_mean,val_sem,test_mean,test_sem,"
         "steps_mean,steps_sem"
     )
+
+
+GOLDEN_MD = """# Sweep report
+
+Test metric (×100) at the LR with the best mean validation metric, mean ± SEM over seeds; \
+chosen LR in parentheses; published numbers in brackets, Δ = ours − published.
+
+## gpt2, scheme fixed: test
+
+| task | fpt | unfrozen_pretrained |
+|---|---|---|
+| mnist | 65.0 ± 5.0 (lr 1e-03) [paper 98.5, Δ -33.5] | 75.0 ± n/a (lr 1e-03) [paper 99.0, Δ -24.0] |
+
+## gpt2, scheme fixed: gradient steps to the best validation metric
+
+| task | fpt | unfrozen_pretrained |
+|---|---|---|
+| mnist | 15 ± 5 | 10 ± n/a |
+
+## gpt2, scheme fixed: gradient steps to match fpt's best validation metric (Rothermel et al.)
+
+| task | fpt | unfrozen_pretrained |
+|---|---|---|
+| mnist | 15 ± 5 [paper 2.4e+05] | 10 ± n/a [paper 4.6e+04] |
+
+## Skipped files
+
+- {root}/broken/results.json: JSONDecodeError: Expecting property name enclosed in double \
+quotes: line 1 column 2 (char 1)
+"""
+
+
+def test_report_markdown_in_full(tmp_path) -> None:
+    grid(tmp_path)
+    fake_run(tmp_path, 1e-3, 0, 0.8, 0.75, variant="unfrozen_pretrained")
+    broken = tmp_path / "broken" / "results.json"
+    broken.parent.mkdir()
+    broken.write_text("{")
+    report.main([str(tmp_path), "--compare", "rothermel2021", "--out", str(tmp_path / "out")])
+    md = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert md == GOLDEN_MD.replace("{root}", str(tmp_path))
