@@ -193,7 +193,8 @@ chosen LR in parentheses; published numbers in brackets, Δ = ours − published
 
 | task | fpt | unfrozen_pretrained |
 |---|---|---|
-| mnist | 65.0 ± 5.0 (lr 1e-03) [paper 98.5, Δ -33.5] | 75.0 ± n/a (lr 1e-03) [paper 99.0, Δ -24.0] |
+| mnist | 65.0 ± 5.0 (lr 1e-03) [paper 98.5, Δ -33.5] | \
+75.0 ± n/a (lr 1e-03) [paper 99.0, Δ -24.0] |
 
 ## gpt2, scheme fixed: gradient steps to the best validation metric
 
