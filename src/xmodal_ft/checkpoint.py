@@ -30,6 +30,7 @@ class LoopState:
     history: list[dict[str, float]] = field(default_factory=list)
     loss_sum: float = 0.0
     loss_count: int = 0
+    stopped_at: int | None = None  # the step a run stopped early at (lockstep runs go on)
 
 
 def save(
