@@ -53,6 +53,11 @@ def save(
         torch.save(payload, tmp)
 
 
+def step(path: Path) -> int:
+    """The step a checkpoint resumes at (the file is memory-mapped, not read whole)."""
+    return torch.load(path, map_location="cpu", mmap=True, weights_only=False)["loop"]["step"]
+
+
 def load(
     path: Path,
     model: nn.Module,

@@ -106,10 +106,10 @@ def fit_runs(
     val = subsample(data.val, cfg.val_subset, seed=0)
     base_lrs = [[group["lr"] for group in plan.optimizer.param_groups] for plan in plans]
     bests = [BestWeights(m) for m in layout.models]
-    states = [
-        _resume(path, m, plan, best)
-        for path, m, plan, best in zip(checkpoint_paths, layout.models, plans, bests, strict=True)
-    ]
+    states = []
+    for r, (path, plan, best) in enumerate(zip(checkpoint_paths, plans, bests, strict=True)):
+        with layout.own_rng(r):
+            states.append(_resume(path, layout.models[r], plan, best))
     first_step = states[0].step
     if any(state.step != first_step for state in states):
         raise ValueError("lockstep runs must resume from the same step; train them apart")
@@ -133,8 +133,9 @@ def fit_runs(
     for step in range(first_step, cfg.max_steps + 1):
         if _checkpoint_due(step, first_step, cfg):
             for r in range(runs):
-                _save(checkpoint_paths[r], states[r], step, epoch, loss_sum[r], loss_count,
-                      layout.models[r], plans[r], bests[r])  # fmt: skip
+                with layout.own_rng(r):
+                    _save(checkpoint_paths[r], states[r], step, epoch, loss_sum[r], loss_count,
+                          layout.models[r], plans[r], bests[r])  # fmt: skip
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
             scores = evaluate_runs(model, runs, val, data.spec.metrics, cfg, "val")
             for r in _indices(active):

@@ -12,18 +12,31 @@ batch (the pretrained backbone under FPT); attention has no parameters and runs 
 Each run model's parameters become views of the stacked tensors, and its trainable parameters'
 `.grad` views of the stacked gradients, so every run keeps its own optimizer (its own LR and
 Adam state), checkpoint and best-weights copies, all built on its own model as a lone run would.
+
+Randomness is per run too: each run has its own RNG state (the one its lone run would have after
+building), and dropout (modules and SDPA's attention dropout) draws each run's masks from it, on
+that run's rows, so a lockstep run draws exactly the masks of its lone run. Without dropout the
+whole batch goes through attention at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import AttentionInterface, PretrainedConfig
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.pytorch_utils import Conv1D
+
+RngState = tuple[torch.Tensor, torch.Tensor | None]  # CPU and CUDA generator states
+ATTENTION = "lockstep_sdpa"  # SDPA with per-run attention-dropout masks
 
 
 class LockstepError(ValueError):
@@ -49,18 +62,24 @@ class Single:
     def zero_grad(self) -> None:
         self.model.zero_grad(set_to_none=True)
 
+    def own_rng(self, run: int) -> contextlib.AbstractContextManager:
+        """The run's random state is the global one."""
+        return contextlib.nullcontext()
+
 
 class Stacked:
     """R run models trained as one carrier model (see the module docstring)."""
 
-    def __init__(self, models: Sequence[nn.Module]):
+    def __init__(self, models: Sequence[nn.Module], rng_states: Sequence[RngState]):
         self.models = list(models)
         self.runs = len(models)
+        self.generators = [_generators(state) for state in rng_states]
         self.rows = 0  # rows of the carrier's current batch (R · per-run rows)
         self.grads: list[torch.Tensor] = []
         shared = {id(t): t for m in models[:1] for t in [*m.parameters(), *m.buffers()]}
         self.model = copy.deepcopy(models[0], memo=dict(shared))  # modules copied, tensors shared
-        self.model.register_forward_pre_hook(self._count_rows)
+        self.model.register_forward_pre_hook(self._enter)
+        self.model.register_forward_hook(self._exit)
         run_modules = [dict(m.named_modules()) for m in models]
         for name, module in self.model.named_modules():
             names = list(module._parameters)
@@ -78,6 +97,13 @@ class Stacked:
                 module.blocks = blocks
                 module.layout = self
                 module.forward = types.MethodType(FORWARDS[type(module)], module)
+        for module in self.model.modules():
+            if isinstance(module, nn.Dropout):
+                module.layout = self
+                module.forward = types.MethodType(_dropout, module)
+            config = getattr(module, "config", None)
+            if isinstance(config, PretrainedConfig) and config._attn_implementation == "sdpa":
+                config._attn_implementation = ATTENTION
 
     def _stack(self, per_run: list[nn.Parameter], blocks: int) -> nn.Parameter:
         """One parameter of `blocks` blocks; each run's parameter becomes a view of its block."""
@@ -98,8 +124,53 @@ class Stacked:
                 value.grad = param.grad[run // size]
         return param
 
-    def _count_rows(self, module: nn.Module, args: tuple) -> None:
+    def _enter(self, module: nn.Module, args: tuple) -> None:
         self.rows = args[0].shape[0]
+        _RUNNING.set(self)
+
+    def _exit(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        _RUNNING.set(None)
+
+    @contextlib.contextmanager
+    def own_rng(self, run: int) -> Iterator[None]:
+        """Within the block, the global random state is run `run`'s own."""
+        cpu, cuda = self.generators[run]
+        outer = rng_state()
+        _set_rng((cpu.get_state(), None if cuda is None else cuda.get_state()))
+        try:
+            yield
+        finally:
+            inner = rng_state()
+            cpu.set_state(inner[0])
+            if cuda is not None:
+                cuda.set_state(inner[1])
+            _set_rng(outer)
+
+    def keep_masks(self, x: torch.Tensor, keep: float) -> torch.Tensor:
+        """Each run's Bernoulli(`keep`) mask of its rows of `x`, drawn from its own generator as
+        dropout draws it (`empty_like(input).bernoulli_(keep)`), concatenated."""
+        shape = (x.shape[0] // self.runs, *x.shape[1:])
+        index = 1 if x.device.type == "cuda" else 0
+        return torch.cat(
+            [
+                torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(keep, generator=g)
+                for g in (gens[index] for gens in self.generators)
+            ]
+        )
+
+    def per_run(self, fn: Callable[..., torch.Tensor], *tensors: torch.Tensor) -> torch.Tensor:
+        """`fn` on each run's rows of `tensors` with the run's own random state, concatenated.
+
+        Tensors with one row (broadcast masks) go to every run whole.
+        """
+        size = tensors[0].shape[0] // self.runs
+        outs = []
+        for run in range(self.runs):
+            rows = slice(run * size, (run + 1) * size)
+            parts = [t if t is None or t.shape[0] == 1 else t[rows] for t in tensors]
+            with self.own_rng(run):
+                outs.append(fn(*parts))
+        return torch.cat(outs)
 
     @torch.no_grad()
     def clip(self, max_norm: float) -> None:
@@ -117,9 +188,71 @@ class Stacked:
 Layout = Single | Stacked
 
 
-def build(models: Sequence[nn.Module]) -> Layout:
-    """The layout of `models`: the model itself for one run, else the runs stacked."""
-    return Single(models[0]) if len(models) == 1 else Stacked(models)
+def build(models: Sequence[nn.Module], rng_states: Sequence[RngState]) -> Layout:
+    """The layout of `models`: the model itself for one run, else the runs stacked.
+
+    `rng_states[r]`: the random state run r's lone run would start training with (`rng_state()`
+    right after building its model and optimizer).
+    """
+    return Single(models[0]) if len(models) == 1 else Stacked(models, rng_states)
+
+
+def rng_state() -> RngState:
+    """The global random state (CPU, and CUDA when present)."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state() if torch.cuda.is_available() else None
+
+
+def _generators(state: RngState) -> tuple[torch.Generator, torch.Generator | None]:
+    cpu = torch.Generator()
+    cpu.set_state(state[0])
+    if state[1] is None:
+        return cpu, None
+    cuda = torch.Generator(device="cuda")
+    cuda.set_state(state[1])
+    return cpu, cuda
+
+
+def _set_rng(state: RngState) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1])
+
+
+MAX_RUNS = 64  # beyond this, a CPU step is compute-bound anyway and a GPU batch large
+ACTIVATION_FLOATS = 24  # floats kept for backward per token, layer and hidden unit (rough)
+
+
+def max_runs(
+    model: nn.Module, batch_size: int, seq_len: int, device: torch.device, frozen_shared: bool
+) -> int:
+    """How many runs of `model` fit in half the free memory of `device`, at most `MAX_RUNS`.
+
+    A run costs its trainable parameters four times (weights, gradients, two Adam moments), its
+    frozen parameters once unless `frozen_shared` (pretrained; random ones are counted per run,
+    an upper bound as runs of one seed share them), and its activations: batch · tokens · hidden
+    · layers · ACTIVATION_FLOATS.
+    """
+    config = model.backbone.config
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    activations = batch_size * seq_len * config.hidden_size * config.num_hidden_layers
+    per_run = 4 * (
+        4 * trainable + (0 if frozen_shared else frozen) + ACTIVATION_FLOATS * activations
+    )
+    return max(1, min(MAX_RUNS, int(0.5 * _free_memory(device) // per_run)))
+
+
+def _free_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as file:
+            for line in file:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 << 30  # unknown: assume 8 GiB
 
 
 @torch.no_grad()
@@ -210,6 +343,39 @@ def _embedding(self: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
         out = out.masked_fill((ids == self.padding_idx).unsqueeze(-1), 0.0)
     return out
 
+
+def _dropout(self: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
+    """Each run's rows dropped with the run's own random state (its lone run's masks)."""
+    if not self.training or self.p == 0:
+        return x
+    return x * self.layout.keep_masks(x, 1 - self.p).div_(1 - self.p)
+
+
+def _attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    **kwargs: object,
+) -> tuple[torch.Tensor, None]:
+    """Transformers' SDPA attention; with attention dropout, run by run (own masks)."""
+    layout = _RUNNING.get()
+    if dropout == 0.0 or layout is None:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, **kwargs
+        )
+
+    def one_run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None):
+        return sdpa_attention_forward(module, q, k, v, mask, dropout=dropout, **kwargs)[0]
+
+    return layout.per_run(one_run, query, key, value, attention_mask), None
+
+
+_RUNNING: ContextVar[Stacked | None] = ContextVar("lockstep_running", default=None)
+AttentionInterface.register(ATTENTION, _attention)
+AttentionMaskInterface.register(ATTENTION, sdpa_mask)
 
 FORWARDS: dict[type, Callable[..., torch.Tensor]] = {
     nn.Linear: _linear,

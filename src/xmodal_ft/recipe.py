@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
 
 from xmodal_ft import (
     allocator,
@@ -99,10 +100,13 @@ def deferred() -> Iterator[list[list[RunSpec]]]:
         _DEFERRED.reset(token)
 
 
-def train(specs: Sequence[RunSpec], launcher: str | None = None) -> list[float]:
+def train(
+    specs: Sequence[RunSpec], launcher: str | None = None, max_runs: int | None = None
+) -> list[float]:
     """Train runs of one configuration (they may differ in lr and seed) together, in lockstep;
     return each run's validation metric. Runs whose directory holds complete results of the same
-    config are skipped. `launcher` is recorded in results.json."""
+    config are skipped. At most `max_runs` train at once (None: `lockstep.max_runs`, from the
+    model and batch shape); `launcher` is recorded in results.json."""
     values: dict[int, float] = {}
     todo = []
     for i, spec in enumerate(specs):
@@ -112,45 +116,72 @@ def train(specs: Sequence[RunSpec], launcher: str | None = None) -> list[float]:
             values[i] = done[f"val/{done['metric']}"]
         else:
             todo.append(i)
-    if todo:
-        values.update(zip(todo, _train([specs[i] for i in todo], launcher), strict=True))
-    return [values[i] for i in range(len(specs))]
-
-
-def _train(specs: list[RunSpec], launcher: str | None) -> list[float]:
-    started = time.time()
-    cfg = specs[0].cfg
+    if not todo:
+        return [values[i] for i in range(len(specs))]
+    cfg = specs[todo[0]].cfg
     device = engine.select_device(cfg.device)
     tokenizer = models.resolve_path(cfg.model.path) if cfg.model.path else None
     data = tasks.build(_plain(cfg.task), cache_dir=cfg.cache_dir, tokenizer=tokenizer)
+    if max_runs is None and len(todo) > 1:
+        model = _build_model(cfg, data, device)
+        pretrained = bool(cfg.variant.pretrained)
+        max_runs = lockstep.max_runs(model, cfg.batch_size, data.spec.seq_len, device, pretrained)
+        log.info("lockstep: at most %d runs at once (lockstep.max_runs)", max_runs)
+        del model
+    for chunk in _chunks(todo, max_runs or 1):
+        chunk_specs = [specs[i] for i in chunk]
+        values.update(zip(chunk, _train(chunk_specs, data, device, launcher), strict=True))
+    return [values[i] for i in range(len(specs))]
+
+
+def _chunks(indices: list[int], limit: int) -> list[list[int]]:
+    """`indices` in order, cut into the fewest near-equal chunks of at most `limit`."""
+    count = -(-len(indices) // limit)
+    size, extra = divmod(len(indices), count)
+    cuts = [0]
+    for i in range(count):
+        cuts.append(cuts[-1] + size + (i < extra))
+    return [indices[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
+
+
+def _build_model(cfg: DictConfig, data: tasks.TaskData, device: torch.device) -> nn.Module:
+    """The run's model on `device` with its variant's trainable parameters."""
     variant = variants.VariantConfig(**_plain(cfg.variant))
+    model = models.build(
+        models.ModelConfig(**_plain(cfg.model)),
+        data.spec,
+        pretrained=variant.pretrained,
+        seed=cfg.seed,
+    )
+    variants.apply(model, variant)
+    return model.to(device)
+
+
+def _train(
+    specs: list[RunSpec], data: tasks.TaskData, device: torch.device, launcher: str | None
+) -> list[float]:
+    started = time.time()
+    cfg = specs[0].cfg
     scheme = schemes.SchemeConfig(**_plain(cfg.scheme))
     steps_per_epoch = len(data.train) // cfg.batch_size
     fit_cfgs = [_fit_config(spec.cfg, steps_per_epoch) for spec in specs]
-    built: list[models.CrossModalModel] = []
-    plans = []
+    built: list[nn.Module] = []
+    plans, rng_states = [], []
     for spec in specs:
-        model = models.build(
-            models.ModelConfig(**_plain(cfg.model)),
-            data.spec,
-            pretrained=variant.pretrained,
-            seed=spec.cfg.seed,
-        )
-        variants.apply(model, variant)
-        model.to(device)
-        plans.append(
-            schemes.build(model, scheme, lr=spec.cfg.lr, total_steps=fit_cfgs[0].max_steps)
-        )
+        model = _build_model(spec.cfg, data, device)
+        total_steps = fit_cfgs[0].max_steps
+        plans.append(schemes.build(model, scheme, lr=spec.cfg.lr, total_steps=total_steps))
+        rng_states.append(lockstep.rng_state())  # what this run's dropout starts from
         lockstep.share_frozen(model, built)
         built.append(model)
     params = plans[0].params
     threads.set_threads(cfg.threads, params["total"])
     allocator.keep_freed_memory()
-    layout = lockstep.build(built)
+    layout = lockstep.build(built, rng_states)
     models.speed_up(layout.model, grad_checkpointing=cfg.grad_checkpointing, compile=cfg.compile)
     log.info(
         "device %s | task %s | model %s | variant %s | scheme %s | %d run(s)",
-        device, data.spec.name, cfg.model.name, variant.name, cfg.scheme.name, len(specs),
+        device, data.spec.name, cfg.model.name, cfg.variant.name, cfg.scheme.name, len(specs),
     )  # fmt: skip
     metric = data.spec.metrics[0]
     tags = [str(cfg[g].name) for g in ("task", "model", "variant", "scheme")]
