@@ -15,7 +15,7 @@ import yaml
 from conftest import make_cfg
 from test_sweeps import TINY as SWEEP
 from test_sweeps import results, sweep
-from xmodal_ft import recipe, run
+from xmodal_ft import groups, recipe, run
 from xmodal_ft.lockstep import LockstepError
 from xmodal_ft.recipe import RunSpec
 from xmodal_ft.record import run_key
@@ -46,10 +46,10 @@ def assert_lockstep_equals_sequential(tmp_path: Path, *overrides: str) -> None:
     for one, many in zip(sequential, together, strict=True):
         losses, accs, results = records(one.run_dir)
         ls_losses, ls_accs, ls_results = records(many.run_dir)
-        assert len(losses) == 20
+        assert len(losses) == results["steps"] >= 5
         assert ls_losses == pytest.approx(losses, rel=1e-4, abs=1e-5)
         assert ls_accs == accs
-        for key in ("config_hash", "best_step", "val/acc", "test/acc", "steps"):
+        for key in ("config_hash", "best_step", "val/acc", "test/acc", "steps", "stopped_early"):
             assert ls_results[key] == results[key], key
         assert ls_results["launcher"] == "lockstep" and "launcher" not in results
 
@@ -77,6 +77,31 @@ def test_every_variant_trains_in_lockstep_as_alone(tmp_path, tiny_gpt2_dir, vari
 def test_schemes_train_in_lockstep_as_alone(tmp_path, tiny_bert_dir, scheme) -> None:
     model = ["model=tiny_bert", f"model.path={tiny_bert_dir}", "variant=unfrozen_pretrained"]
     assert_lockstep_equals_sequential(tmp_path, *model, *scheme)
+
+
+def test_early_stopped_runs_stop_updating_while_the_others_go_on(tmp_path) -> None:
+    assert_lockstep_equals_sequential(tmp_path, "variant=unfrozen_random", "patience=2")
+    stopped = [
+        json.loads(p.read_text())["stopped_early"] for p in tmp_path.glob("ls/*/results.json")
+    ]
+    assert any(stopped) and not all(stopped)
+
+
+def test_groups_hold_runs_that_differ_only_in_lr_and_seed(tmp_path) -> None:
+    runs = [
+        RunSpec(make_cfg(f"lr={lr}", f"seed={seed}", *extra), tmp_path / f"{i}")
+        for i, (lr, seed, extra) in enumerate(
+            [(1e-3, 1, []), (1e-2, 0, []), (1e-3, 0, ["batch_size=4"]), (1e-3, 0, [])]
+        )
+    ]
+    assert groups.group(runs) == [[3, 1, 0], [2]]  # by (seed, lr) within a group
+
+
+def test_chunks_are_near_equal_and_at_most_max_runs() -> None:
+    assert recipe._chunks(list(range(27)), 10) == [list(range(9)), list(range(9, 18)),
+                                                   list(range(18, 27))]  # fmt: skip
+    assert [len(c) for c in recipe._chunks(list(range(5)), 2)] == [2, 2, 1]
+    assert recipe._chunks([4, 2], 64) == [[4, 2]]
 
 
 def test_gradual_unfreezing_is_refused_naming_the_default_launcher(tmp_path) -> None:

@@ -47,6 +47,7 @@ class FitResult:
     stopped_early: bool
     train_seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    val_seconds: float = 0.0  # spent in validation passes (shared by lockstep runs)
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -121,7 +122,7 @@ def fit_runs(
     batches = [
         _shuffled_batches(data.train, cfg.batch_size, c.seed, device, first_step) for c in cfgs
     ]
-    start = time.perf_counter()
+    start, val_seconds = time.perf_counter(), 0.0
     bar = tqdm(
         total=cfg.max_steps,
         initial=first_step,
@@ -137,7 +138,9 @@ def fit_runs(
                     _save(checkpoint_paths[r], states[r], step, epoch, loss_sum[r], loss_count,
                           layout.models[r], plans[r], bests[r])  # fmt: skip
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
+            val_start = time.perf_counter()
             scores = evaluate_runs(model, runs, val, data.spec.metrics, cfg, "val")
+            val_seconds += time.perf_counter() - val_start
             for r in _indices(active):
                 state, score = states[r], scores[r]
                 record = {"step": step, **{f"val/{k}": v for k, v in score.items()}}
@@ -207,7 +210,7 @@ def fit_runs(
         steps, seconds = ended[r]
         results.append(
             FitResult(state.best_val, state.best_step, test, steps, not active[r], seconds,
-                      state.history)
+                      state.history, val_seconds)
         )  # fmt: skip
     return results
 

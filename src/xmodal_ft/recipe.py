@@ -272,6 +272,7 @@ def _results(
         "stopped_early": result.stopped_early,
         "history": result.history,
         "train_seconds": result.train_seconds,
+        "val_seconds": result.val_seconds,
         "wall_seconds": wall_seconds,
         "device": str(device),
         "host": platform.node(),
