@@ -9,6 +9,7 @@ directory stands in for the hub checkpoint, so that its FPT runs share one froze
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from typing import Any
 
 from xmodal_ft.bench.sweep import LRS, ROOT
 
+log = logging.getLogger("xmodal_ft.bench")
 MNIST_DIR = Path(os.environ.get("XMODAL_FT_MNIST", ROOT.parent / "shared" / "data" / "mnist"))
 GPT2_4X256 = ["model=tiny_gpt2", "model.arch.n_layer=4", "model.arch.n_head=4",
               "model.arch.n_embd=256"]  # fmt: skip
@@ -63,17 +65,20 @@ def lockstep_sweeps(quick: bool) -> list[dict[str, Any]]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         gpt2_dir = _save_gpt2_small(Path(tmp) / "gpt2")
-        for case in cases(quick, gpt2_dir):
+        for i, case in enumerate(cases(quick, gpt2_dir)):
             runs = {}
             for launcher in ("basic", "lockstep"):
-                runs[launcher] = _sweep(case, launcher, Path(tmp) / f"{case.name}-{launcher}")
+                runs[launcher] = _sweep(case, launcher, Path(tmp) / f"case{i}-{launcher}")
+                log.info(
+                    "%s, %s launcher: %.0f s", case.name, launcher, runs[launcher]["wall_seconds"]
+                )
             rows.append(_row(case, runs["basic"], runs["lockstep"]))
     return rows
 
 
 def _sweep(case: SweepCase, launcher: str, sweep_dir: Path) -> dict[str, Any]:
     task = (
-        ["task=mnist", f"task.data_dir={MNIST_DIR}", "task.n_train=5000", "task.n_test=500"]
+        ["task=mnist", f"task.data_dir={MNIST_DIR}", "task.n_train=5000", "task.n_test=256"]
         if MNIST_DIR.exists()
         else ["task=digits"]
     )
