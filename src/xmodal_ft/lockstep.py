@@ -13,10 +13,10 @@ Each run model's parameters become views of the stacked tensors, and its trainab
 `.grad` views of the stacked gradients, so every run keeps its own optimizer (its own LR and
 Adam state), checkpoint and best-weights copies, all built on its own model as a lone run would.
 
-Randomness is per run too: each run has its own RNG state (the one its lone run would have after
-building), and dropout (modules and SDPA's attention dropout) draws each run's masks from it, on
-that run's rows, so a lockstep run draws exactly the masks of its lone run. Without dropout the
-whole batch goes through attention at once.
+Randomness is per run too: each run has its own generator (in the state its lone run would start
+training with), and dropout (modules, and attention dropout through SDPA's math path written out)
+draws each run's masks from it for that run's rows, so a lockstep run draws exactly the masks of
+its lone run while the ops run once on the whole batch.
 """
 
 from __future__ import annotations
@@ -157,20 +157,6 @@ class Stacked:
                 for g in (gens[index] for gens in self.generators)
             ]
         )
-
-    def per_run(self, fn: Callable[..., torch.Tensor], *tensors: torch.Tensor) -> torch.Tensor:
-        """`fn` on each run's rows of `tensors` with the run's own random state, concatenated.
-
-        Tensors with one row (broadcast masks) go to every run whole.
-        """
-        size = tensors[0].shape[0] // self.runs
-        outs = []
-        for run in range(self.runs):
-            rows = slice(run * size, (run + 1) * size)
-            parts = [t if t is None or t.shape[0] == 1 else t[rows] for t in tensors]
-            with self.own_rng(run):
-                outs.append(fn(*parts))
-        return torch.cat(outs)
 
     @torch.no_grad()
     def clip(self, max_norm: float) -> None:
@@ -358,19 +344,35 @@ def _attention(
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
     dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
     **kwargs: object,
 ) -> tuple[torch.Tensor, None]:
-    """Transformers' SDPA attention; with attention dropout, run by run (own masks)."""
+    """Transformers' SDPA attention; with attention dropout, SDPA's math path written out so
+    that each run's rows get the mask its lone run draws (`at::dropout` on the probabilities)."""
     layout = _RUNNING.get()
-    if dropout == 0.0 or layout is None:
+    if dropout == 0.0 or layout is None or hasattr(module, "num_key_value_groups"):
         return sdpa_attention_forward(
-            module, query, key, value, attention_mask, dropout=dropout, **kwargs
-        )
-
-    def one_run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None):
-        return sdpa_attention_forward(module, q, k, v, mask, dropout=dropout, **kwargs)[0]
-
-    return layout.per_run(one_run, query, key, value, attention_mask), None
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+            is_causal=is_causal, **kwargs,
+        )  # fmt: skip
+    if attention_mask is not None and attention_mask.ndim == 4:
+        attention_mask = attention_mask[:, :, :, : key.shape[-2]]
+    is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    is_causal = query.shape[2] > 1 and attention_mask is None and is_causal
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    scores = query @ key.transpose(-2, -1) * scale
+    if is_causal:
+        future = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).triu(1)
+        scores = scores.masked_fill(future, float("-inf"))
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, float("-inf"))
+        else:
+            scores = scores + attention_mask
+    probs = scores.softmax(dim=-1)
+    probs = probs * layout.keep_masks(probs, 1 - dropout).div_(1 - dropout)
+    return (probs @ value).transpose(1, 2).contiguous(), None
 
 
 _RUNNING: ContextVar[Stacked | None] = ContextVar("lockstep_running", default=None)
