@@ -55,3 +55,15 @@ def test_fpt_minilm_learns_real_mnist(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "results.json").read_text())["test/acc"] > 0.7
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not MNIST.exists(), reason="needs the MNIST IDX files in ../shared/data/mnist")
+def test_default_validation_costs_at_most_15_percent_of_an_mnist_minilm_run(tmp_path: Path) -> None:
+    """Shipped defaults (eval_every 100, val_subset 256, batch 8); fewer steps and test images
+    than a real run, which only raises validation's share (a pass at step 0 and at the end)."""
+    proc = train(tmp_path, "task=mnist", f"task.data_dir={MNIST}", "task.n_test=500",
+                 "max_steps=300", "cache_dir=null")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["val_seconds"] <= 0.15 * results["wall_seconds"]

@@ -40,16 +40,15 @@ def test_early_stopping_after_patience_evaluations_without_improvement() -> None
 
 
 class ScriptedValidation:
-    """Stands in for `engine.evaluate`: validation scores follow a script, test scores are fixed."""
+    """Stands in for `engine.evaluate_runs` of one run: validation scores follow a script, test
+    scores are fixed."""
 
-    def __init__(self, data: TaskData, val_scores: list[float]):
-        self.data, self.scores, self.calls = data, list(val_scores), 0
+    def __init__(self, val_scores: list[float]):
+        self.scores = list(val_scores)
 
-    def __call__(self, model, split, names, batch_size) -> dict[str, float]:
-        if split is self.data.test:
-            return {"acc": -1.0}
-        self.calls += 1
-        return {"acc": self.scores.pop(0)}
+    def __call__(self, model, runs, split, names, cfg, desc) -> list[dict[str, float]]:
+        assert runs == 1
+        return [{"acc": -1.0 if desc == "test" else self.scores.pop(0)}]
 
 
 # Evaluations every 2 steps: 0.5 (best), 0.4, 0.6 (best: the count restarts), 0.55, 0.6 (a tie
@@ -65,7 +64,7 @@ def test_early_stopping_counts_evaluations_since_the_last_strict_improvement(
     monkeypatch, patience: int | None, best_step: int, stop_step: int, stopped: bool
 ) -> None:
     data = sign_task()
-    monkeypatch.setattr(engine, "evaluate", ScriptedValidation(data, SCRIPT))
+    monkeypatch.setattr(engine, "evaluate_runs", ScriptedValidation(SCRIPT))
     model = tiny_model()
     plan = schemes.build(model, schemes.SchemeConfig(), lr=1e-3)
     cfg = FitConfig(batch_size=8, max_steps=16, eval_every=2, patience=patience, progress=False)

@@ -30,6 +30,7 @@ class LoopState:
     history: list[dict[str, float]] = field(default_factory=list)
     loss_sum: float = 0.0
     loss_count: int = 0
+    stopped_at: int | None = None  # the step a run stopped early at (lockstep runs go on)
 
 
 def save(
@@ -50,6 +51,11 @@ def save(
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
+
+
+def step(path: Path) -> int:
+    """The step a checkpoint resumes at (the file is memory-mapped, not read whole)."""
+    return torch.load(path, map_location="cpu", mmap=True, weights_only=False)["loop"]["step"]
 
 
 def load(

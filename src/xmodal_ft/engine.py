@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -15,9 +15,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from xmodal_ft import checkpoint, metrics
+from xmodal_ft.lockstep import DEFAULT_LAUNCHER, Layout, LockstepError, Single
 from xmodal_ft.record import Tracker
 from xmodal_ft.schemes import TrainPlan
-from xmodal_ft.tasks.base import Split, TaskData
+from xmodal_ft.tasks.base import Split, TaskData, subsample
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ class FitConfig:
     patience: int | None = None  # evaluations without improvement before stopping; None: never
     grad_clip: float | None = 1.0
     eval_batch_size: int = 64
+    val_subset: int | None = None  # examples scored per validation pass (fixed); None: all
     seed: int = 0
     log_every: int = 10
     progress: bool = True
@@ -45,6 +47,7 @@ class FitResult:
     stopped_early: bool
     train_seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    val_seconds: float = 0.0  # spent in validation passes (shared by lockstep runs)
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -73,117 +76,178 @@ def fit(
     tracker: Tracker | None = None,
     checkpoint_path: Path | None = None,
 ) -> FitResult:
-    """Train with early stopping on validation; evaluate test with the best-validation weights.
+    """Train one run with early stopping on validation; test with the best-validation weights.
 
     With `checkpoint_path`, the loop state is saved there every `cfg.checkpoint_every` steps and,
     when the file exists at the start, training continues from it with identical results.
     """
+    return fit_runs(Single(model), [plan], data, [cfg], [tracker], [checkpoint_path])[0]
+
+
+def fit_runs(
+    layout: Layout,
+    plans: Sequence[TrainPlan],
+    data: TaskData,
+    cfgs: Sequence[FitConfig],
+    trackers: Sequence[Tracker | None],
+    checkpoint_paths: Sequence[Path | None],
+) -> list[FitResult]:
+    """Train the R runs of `layout` together, each exactly as `fit` trains it alone.
+
+    Runs share the loop settings and differ in seed (data order) and plan (LR, optimizer state);
+    each has its own clipping, validation, early stopping (a stopped run stops updating), best
+    weights, checkpoint and tracker. All runs of a layout resume from the same step.
+    """
+    cfg = _shared(cfgs)
+    runs, model = layout.runs, layout.model
+    if runs > 1 and any(plan.on_epoch is not None for plan in plans):
+        raise LockstepError(f"epoch hooks (scheme=gradual_unfreeze): {DEFAULT_LAUNCHER}")
     device = next(model.parameters()).device
     metric = data.spec.metrics[0]
-    base_lrs = [group["lr"] for group in plan.optimizer.param_groups]
-    best = BestWeights(model)
-    resumed = _resume(checkpoint_path, model, plan, best)
-    first_step, epoch, history = resumed.step, resumed.epoch, resumed.history
-    best_val, best_step = resumed.best_val, resumed.best_step
-    evals_since_best, stopped_early = resumed.evals_since_best, False
-    loss_sum = torch.tensor(resumed.loss_sum, dtype=torch.float32, device=device)
-    loss_count = resumed.loss_count
-    batches = _shuffled_batches(data.train, cfg.batch_size, cfg.seed, device, first_step)
-    start = time.perf_counter()
+    val = subsample(data.val, cfg.val_subset, seed=0)
+    base_lrs = [[group["lr"] for group in plan.optimizer.param_groups] for plan in plans]
+    bests = [BestWeights(m) for m in layout.models]
+    states = []
+    for r, (path, plan, best) in enumerate(zip(checkpoint_paths, plans, bests, strict=True)):
+        with layout.own_rng(r):
+            states.append(_resume(path, layout.models[r], plan, best))
+    first_step = states[0].step
+    if any(state.step != first_step for state in states):
+        raise ValueError("lockstep runs must resume from the same step; train them apart")
+    active = [state.stopped_at is None for state in states]  # False once a run stopped early
+    ended: list[tuple[int, float]] = [(s.stopped_at or 0, 0.0) for s in states]  # (step, seconds)
+    loss_sum = torch.tensor([s.loss_sum for s in states], dtype=torch.float32, device=device)
+    loss_count = states[0].loss_count
+    epoch = states[0].epoch
+    batches = [
+        _shuffled_batches(data.train, cfg.batch_size, c.seed, device, first_step) for c in cfgs
+    ]
+    start, val_seconds = time.perf_counter(), 0.0
     bar = tqdm(
         total=cfg.max_steps,
         initial=first_step,
         disable=not cfg.progress,
-        desc="train",
+        desc="train" if runs == 1 else f"train {runs} runs",
         dynamic_ncols=True,
     )
     model.train()
     for step in range(first_step, cfg.max_steps + 1):
-        if checkpoint_path and _checkpoint_due(step, first_step, cfg):
-            state = checkpoint.LoopState(
-                step, epoch, best_val, best_step, evals_since_best, history,
-                loss_sum.item(), loss_count,
-            )  # fmt: skip
-            best_copies = {"saved": best.saved, "before_training": best.before_training}
-            checkpoint.save(checkpoint_path, state, model, plan.optimizer, best_copies)
+        if _checkpoint_due(step, first_step, cfg):
+            for r in range(runs):
+                with layout.own_rng(r):
+                    _save(checkpoint_paths[r], states[r], step, epoch, loss_sum[r], loss_count,
+                          layout.models[r], plans[r], bests[r])  # fmt: skip
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
-            val = evaluate(model, data.val, data.spec.metrics, cfg.eval_batch_size)
-            record = {"step": step, **{f"val/{k}": v for k, v in val.items()}}
-            history.append(record)
-            _log(tracker, record, step)
-            if not best_val or val[metric] > best_val[metric]:
-                best_val, best_step, evals_since_best = val, step, 0
-                best.save()
-            else:
-                evals_since_best += 1
-            bar.set_postfix({f"val_{metric}": f"{val[metric]:.3f}"}, refresh=False)
-            if cfg.patience is not None and evals_since_best >= cfg.patience:
-                stopped_early = True
+            val_start = time.perf_counter()
+            scores = evaluate_runs(model, runs, val, data.spec.metrics, cfg, "val")
+            val_seconds += time.perf_counter() - val_start
+            for r in _indices(active):
+                state, score = states[r], scores[r]
+                record = {"step": step, **{f"val/{k}": v for k, v in score.items()}}
+                state.history.append(record)
+                _log(trackers[r], record, step)
+                if not state.best_val or score[metric] > state.best_val[metric]:
+                    state.best_val, state.best_step, state.evals_since_best = score, step, 0
+                    bests[r].save()
+                else:
+                    state.evals_since_best += 1
+                if cfg.patience is not None and state.evals_since_best >= cfg.patience:
+                    active[r], state.stopped_at = False, step
+                    ended[r] = (step, time.perf_counter() - start)
+            best = max(states[r].best_val[metric] for r in range(runs))
+            bar.set_postfix({f"best_val_{metric}": f"{best:.3f}"}, refresh=False)
+            if not any(active):
                 break
         if step == cfg.max_steps:
             break
-        batch_epoch, (x, lengths, y) = next(batches)
-        if batch_epoch != epoch:
-            epoch = batch_epoch
-            if plan.on_epoch is not None:
-                best.before_unfreeze()
-                plan.on_epoch(epoch)
-                best.after_unfreeze()
-        scale = plan.lr_scale(step)
-        for group, base_lr in zip(plan.optimizer.param_groups, base_lrs, strict=True):
-            group["lr"] = base_lr * scale
+        drawn = [next(b) for b in batches]
+        if drawn[0][0] != epoch:
+            epoch = drawn[0][0]
+            for plan, best in zip(plans, bests, strict=True):
+                if plan.on_epoch is not None:
+                    best.before_unfreeze()
+                    plan.on_epoch(epoch)
+                    best.after_unfreeze()
+        scales = [plan.lr_scale(step) for plan in plans]
+        for plan, lrs, scale in zip(plans, base_lrs, scales, strict=True):
+            for group, base_lr in zip(plan.optimizer.param_groups, lrs, strict=True):
+                group["lr"] = base_lr * scale
+        x, lengths, y = _stack_batches([batch for _, batch in drawn])
         with autocast(device):
-            loss = F.cross_entropy(model(x, lengths), y)
-        loss.backward()
+            logits = model(x, lengths)
+            losses = F.cross_entropy(logits, y, reduction="none").view(runs, -1).mean(dim=1)
+        losses.sum().backward()
         if cfg.grad_clip is not None:
-            nn.utils.clip_grad_norm_(_trainable(model), cfg.grad_clip, foreach=True)
-        plan.optimizer.step()
-        plan.optimizer.zero_grad(set_to_none=True)
-        loss_sum += loss.detach()
+            layout.clip(cfg.grad_clip)
+        for r in _indices(active):
+            plans[r].optimizer.step()
+        layout.zero_grad()
+        loss_sum += losses.detach()
         loss_count += 1
         bar.update()
         if (step + 1) % cfg.log_every == 0:
-            train_loss = (loss_sum / loss_count).item()
-            _log(
-                tracker,
-                {"step": step + 1, "train/loss": train_loss, "lr": base_lrs[0] * scale},
-                step + 1,
-            )
-            bar.set_postfix({"loss": f"{train_loss:.3f}"}, refresh=False)
+            train_losses = (loss_sum / loss_count).tolist()
+            for r in _indices(active):
+                lr = base_lrs[r][0] * scales[r]
+                values = {"step": step + 1, "train/loss": train_losses[r], "lr": lr}
+                _log(trackers[r], values, step + 1)
+            bar.set_postfix({"loss": f"{min(train_losses):.3f}"}, refresh=False)
             loss_sum.zero_()
             loss_count = 0
     bar.close()
-    train_seconds = time.perf_counter() - start
-    best.restore()
-    test = evaluate(model, data.test, data.spec.metrics, cfg.eval_batch_size)
-    log.info(
-        "best val %s=%.4f at step %d; test %s=%.4f",
-        metric,
-        best_val[metric],
-        best_step,
-        metric,
-        test[metric],
-    )
-    return FitResult(best_val, best_step, test, step, stopped_early, train_seconds, history)
+    for r in _indices(active):
+        ended[r] = (step, time.perf_counter() - start)
+    for best in bests:
+        best.restore()
+    tests = evaluate_runs(model, runs, data.test, data.spec.metrics, cfg, "test")
+    results = []
+    for r, (state, test) in enumerate(zip(states, tests, strict=True)):
+        log.info(
+            "%sbest val %s=%.4f at step %d; test %s=%.4f",
+            f"run {r}: " if runs > 1 else "",
+            metric, state.best_val[metric], state.best_step, metric, test[metric],
+        )  # fmt: skip
+        steps, seconds = ended[r]
+        results.append(
+            FitResult(state.best_val, state.best_step, test, steps, not active[r], seconds,
+                      state.history, val_seconds)
+        )  # fmt: skip
+    return results
 
 
-@torch.inference_mode()
 def evaluate(
     model: nn.Module, split: Split, names: tuple[str, ...], batch_size: int
 ) -> dict[str, float]:
-    """Metrics of `model` on a whole split, in eval mode."""
+    """Metrics of one run's `model` on a whole split, in eval mode."""
+    cfg = FitConfig(eval_batch_size=batch_size, progress=False)
+    return evaluate_runs(model, 1, split, names, cfg, "eval")[0]
+
+
+@torch.inference_mode()
+def evaluate_runs(
+    model: nn.Module, runs: int, split: Split, names: tuple[str, ...], cfg: FitConfig, desc: str
+) -> list[dict[str, float]]:
+    """Metrics of each of the `runs` runs of `model` on a whole split, in one batched pass.
+
+    Each chunk of `cfg.eval_batch_size` examples goes through the model once per run, as one
+    batch of runs · chunk rows (run-major).
+    """
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     preds = []
-    for start in range(0, len(split), batch_size):
-        x, lengths, _ = _batch(
-            split, torch.arange(start, min(start + batch_size, len(split))), device
-        )
+    starts = range(0, len(split), cfg.eval_batch_size)
+    for start in tqdm(starts, desc=desc, disable=not cfg.progress, leave=False, dynamic_ncols=True):
+        idx = torch.arange(start, min(start + cfg.eval_batch_size, len(split)))
+        x, lengths, _ = _batch(split, idx, device)
+        if runs > 1:
+            x, lengths, _ = _stack_batches([(x, lengths, None)] * runs)
         with autocast(device):
-            preds.append(model(x, lengths).argmax(dim=-1).cpu())
+            logits = model(x, lengths)
+        preds.append(logits.argmax(dim=-1).view(runs, -1).cpu())
     model.train(was_training)
-    return metrics.compute(names, torch.cat(preds), split.y)
+    by_run = torch.cat(preds, dim=1)
+    return [metrics.compute(names, pred, split.y) for pred in by_run]
 
 
 class BestWeights:
@@ -243,8 +307,51 @@ def _resume(
     return state
 
 
-def _trainable(model: nn.Module) -> list[nn.Parameter]:
-    return [p for p in model.parameters() if p.requires_grad]
+def _shared(cfgs: Sequence[FitConfig]) -> FitConfig:
+    """The loop settings of every run (they may differ in seed only)."""
+    if any(replace(c, seed=0) != replace(cfgs[0], seed=0) for c in cfgs):
+        raise ValueError("runs trained together must share every loop setting but the seed")
+    return cfgs[0]
+
+
+def _indices(flags: list[bool]) -> list[int]:
+    return [i for i, flag in enumerate(flags) if flag]
+
+
+def _save(
+    path: Path | None,
+    state: checkpoint.LoopState,
+    step: int,
+    epoch: int,
+    loss_sum: torch.Tensor,
+    loss_count: int,
+    model: nn.Module,
+    plan: TrainPlan,
+    best: BestWeights,
+) -> None:
+    """One run's checkpoint at the start of `step`, before that step's evaluation."""
+    if path is None:
+        return
+    state.step, state.epoch = step, epoch
+    state.loss_sum, state.loss_count = loss_sum.item(), loss_count
+    best_copies = {"saved": best.saved, "before_training": best.before_training}
+    checkpoint.save(path, state, model, plan.optimizer, best_copies)
+
+
+def _stack_batches(
+    batches: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]],
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Runs' batches as one run-major batch, padded to the longest sequence among them."""
+    if len(batches) == 1:
+        return batches[0]
+    xs, lengths, ys = zip(*batches, strict=True)
+    width = max(x.shape[1] for x in xs) if xs[0].dim() > 1 else 0
+    if lengths[0] is not None:
+        xs = [F.pad(x, (0, 0) * (x.dim() - 2) + (0, width - x.shape[1])) for x in xs]
+    x = torch.cat(xs)
+    length = None if lengths[0] is None else torch.cat(lengths)
+    y = None if ys[0] is None else torch.cat(ys)
+    return x, length, y
 
 
 def _log(tracker: Tracker | None, values: dict[str, float], step: int) -> None:

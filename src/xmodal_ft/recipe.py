@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
+from statistics import mean
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
 
-from xmodal_ft import allocator, engine, models, papers, record, schemes, tasks, threads, variants
+from xmodal_ft import (
+    allocator,
+    engine,
+    lockstep,
+    models,
+    papers,
+    record,
+    schemes,
+    tasks,
+    threads,
+    variants,
+)
 from xmodal_ft.engine import FitConfig, FitResult
 
 log = logging.getLogger(__name__)
@@ -21,6 +37,20 @@ log = logging.getLogger(__name__)
 
 class ConfigError(ValueError):
     """An invalid configuration value; the message names the key to fix."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run to train: its config (one seed), directory and tracker labels."""
+
+    cfg: DictConfig
+    run_dir: Path
+    choices: Mapping[str, Any] | None = None
+    group: str | None = None
+    name: str | None = None
+
+
+_DEFERRED: ContextVar[list[list[RunSpec]] | None] = ContextVar("deferred", default=None)
 
 
 def run(
@@ -37,40 +67,86 @@ def run(
     a checkpoint continues from it. With `seeds: [..]`, each seed trains in `run_dir/seed_<s>`
     and the mean validation metric is returned (one Optuna trial = the mean over seeds).
     `group` and `name` label the run for trackers (W&B group = the sweep, name = the overrides).
+    Inside `deferred()`, the runs are queued instead (and nan returned).
     """
     run_dir = Path(run_dir)
     _validate(cfg)
-    if not cfg.get("seeds"):
-        return _run_seed(cfg, run_dir, choices, group, name)
-    values = []
-    for seed in cfg.seeds:
-        seed_cfg = cfg.copy()
-        with open_dict(seed_cfg):
-            seed_cfg.seed, seed_cfg.seeds = seed, None
-        seed_name = f"{name},seed={seed}" if name else f"seed={seed}"
-        values.append(_run_seed(seed_cfg, run_dir / f"seed_{seed}", choices, group, seed_name))
-    mean = sum(values) / len(values)
-    log.info("mean validation metric over seeds %s: %.4f", list(cfg.seeds), mean)
-    return mean
+    specs = [RunSpec(cfg, run_dir, choices, group, name)]
+    if cfg.get("seeds"):
+        specs = []
+        for seed in cfg.seeds:
+            seed_cfg = cfg.copy()
+            with open_dict(seed_cfg):
+                seed_cfg.seed, seed_cfg.seeds = seed, None
+            seed_name = f"{name},seed={seed}" if name else f"seed={seed}"
+            specs.append(RunSpec(seed_cfg, run_dir / f"seed_{seed}", choices, group, seed_name))
+    queue = _DEFERRED.get()
+    if queue is not None:
+        queue.append(specs)
+        return float("nan")
+    values = [train([spec])[0] for spec in specs]
+    if cfg.get("seeds"):
+        log.info("mean validation metric over seeds %s: %.4f", list(cfg.seeds), mean(values))
+    return mean(values)
 
 
-def _run_seed(
-    cfg: DictConfig,
-    run_dir: Path,
-    choices: Mapping[str, Any] | None,
-    group: str | None,
-    name: str | None,
-) -> float:
-    config = _plain(cfg)
-    key = record.config_hash(config)
-    done = record.read_results(run_dir)
-    if done is not None and done.get("config_hash") == key:
-        log.info("%s holds complete results of this config: skipped", run_dir)
-        return done[f"val/{done['metric']}"]
-    started = time.time()
+@contextlib.contextmanager
+def deferred() -> Iterator[list[list[RunSpec]]]:
+    """Within the block, `run()` queues its runs (one list per call) instead of training them."""
+    queue: list[list[RunSpec]] = []
+    token = _DEFERRED.set(queue)
+    try:
+        yield queue
+    finally:
+        _DEFERRED.reset(token)
+
+
+def train(
+    specs: Sequence[RunSpec], launcher: str | None = None, max_runs: int | None = None
+) -> list[float]:
+    """Train runs of one configuration (they may differ in lr and seed) together, in lockstep;
+    return each run's validation metric. Runs whose directory holds complete results of the same
+    config are skipped. At most `max_runs` train at once (None: `lockstep.max_runs`, from the
+    model and batch shape); `launcher` is recorded in results.json."""
+    values: dict[int, float] = {}
+    todo = []
+    for i, spec in enumerate(specs):
+        done = record.read_results(spec.run_dir)
+        if done is not None and done.get("config_hash") == record.config_hash(_plain(spec.cfg)):
+            log.info("%s holds complete results of this config: skipped", spec.run_dir)
+            values[i] = done[f"val/{done['metric']}"]
+        else:
+            todo.append(i)
+    if not todo:
+        return [values[i] for i in range(len(specs))]
+    cfg = specs[todo[0]].cfg
     device = engine.select_device(cfg.device)
     tokenizer = models.resolve_path(cfg.model.path) if cfg.model.path else None
     data = tasks.build(_plain(cfg.task), cache_dir=cfg.cache_dir, tokenizer=tokenizer)
+    if max_runs is None and len(todo) > 1:
+        model = _build_model(cfg, data, device)
+        pretrained = bool(cfg.variant.pretrained)
+        max_runs = lockstep.max_runs(model, cfg.batch_size, data.spec.seq_len, device, pretrained)
+        log.info("lockstep: at most %d runs at once (lockstep.max_runs)", max_runs)
+        del model
+    for chunk in _chunks(todo, max_runs or 1):
+        chunk_specs = [specs[i] for i in chunk]
+        values.update(zip(chunk, _train(chunk_specs, data, device, launcher), strict=True))
+    return [values[i] for i in range(len(specs))]
+
+
+def _chunks(indices: list[int], limit: int) -> list[list[int]]:
+    """`indices` in order, cut into the fewest near-equal chunks of at most `limit`."""
+    count = -(-len(indices) // limit)
+    size, extra = divmod(len(indices), count)
+    cuts = [0]
+    for i in range(count):
+        cuts.append(cuts[-1] + size + (i < extra))
+    return [indices[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
+
+
+def _build_model(cfg: DictConfig, data: tasks.TaskData, device: torch.device) -> nn.Module:
+    """The run's model on `device` with its variant's trainable parameters."""
     variant = variants.VariantConfig(**_plain(cfg.variant))
     model = models.build(
         models.ModelConfig(**_plain(cfg.model)),
@@ -79,41 +155,69 @@ def _run_seed(
         seed=cfg.seed,
     )
     variants.apply(model, variant)
-    model.to(device)
-    fit_cfg = _fit_config(cfg, steps_per_epoch=len(data.train) // cfg.batch_size)
-    if group is not None and not (choices or {}).get("experiment"):  # a sweep without a preset
-        papers.warn_if_short(cfg.task.name, fit_cfg.max_steps, cfg.batch_size, len(data.train))
+    return model.to(device)
+
+
+def _train(
+    specs: list[RunSpec], data: tasks.TaskData, device: torch.device, launcher: str | None
+) -> list[float]:
+    started = time.time()
+    cfg = specs[0].cfg
+    if len(specs) > 1 and cfg.grad_checkpointing:  # recomputed dropout would redraw run masks
+        raise lockstep.LockstepError(f"grad_checkpointing=true: {lockstep.DEFAULT_LAUNCHER}")
     scheme = schemes.SchemeConfig(**_plain(cfg.scheme))
-    plan = schemes.build(model, scheme, lr=cfg.lr, total_steps=fit_cfg.max_steps)
-    params = plan.params
+    steps_per_epoch = len(data.train) // cfg.batch_size
+    fit_cfgs = [_fit_config(spec.cfg, steps_per_epoch) for spec in specs]
+    first = specs[0]
+    if first.group is not None and not (first.choices or {}).get("experiment"):  # no preset
+        papers.warn_if_short(cfg.task.name, fit_cfgs[0].max_steps, cfg.batch_size, len(data.train))
+    built: list[nn.Module] = []
+    plans, rng_states = [], []
+    for spec in specs:
+        model = _build_model(spec.cfg, data, device)
+        total_steps = fit_cfgs[0].max_steps
+        plans.append(schemes.build(model, scheme, lr=spec.cfg.lr, total_steps=total_steps))
+        rng_states.append(lockstep.rng_state())  # what this run's dropout starts from
+        lockstep.share_frozen(model, built)
+        built.append(model)
+    params = plans[0].params
     threads.set_threads(cfg.threads, params["total"])
     allocator.keep_freed_memory()
-    models.speed_up(model, grad_checkpointing=cfg.grad_checkpointing, compile=cfg.compile)
+    layout = lockstep.build(built, rng_states)
+    models.speed_up(layout.model, grad_checkpointing=cfg.grad_checkpointing, compile=cfg.compile)
     log.info(
-        "device %s | task %s | model %s | variant %s | scheme %s",
-        device,
-        data.spec.name,
-        cfg.model.name,
-        variant.name,
-        cfg.scheme.name,
-    )
+        "device %s | task %s | model %s | variant %s | scheme %s | %d run(s)",
+        device, data.spec.name, cfg.model.name, cfg.variant.name, cfg.scheme.name, len(specs),
+    )  # fmt: skip
     metric = data.spec.metrics[0]
     tags = [str(cfg[g].name) for g in ("task", "model", "variant", "scheme")]
-    meta = {"run_dir": run_dir, "config": config, "group": group, "name": name, "tags": tags}
-    tracker = record.build_tracker(_plain(cfg.logger), run_dir, meta)
-    checkpoint_path = run_dir / f"checkpoint-{key}.pt" if cfg.checkpoint_every else None
+    trackers, paths, keys = [], [], []
     try:
-        result = engine.fit(model, plan, data, fit_cfg, tracker, checkpoint_path)
-        payload = _results(cfg, choices, params, result, device, time.time() - started)
-        payload.update(config_hash=key, metric=metric)
-        tracker.summary(payload)
-        record.write_results(run_dir, payload)
+        for spec in specs:
+            config = _plain(spec.cfg)
+            keys.append(record.config_hash(config))
+            meta = {"run_dir": spec.run_dir, "config": config, "group": spec.group,
+                    "name": spec.name, "tags": tags}  # fmt: skip
+            trackers.append(record.build_tracker(_plain(cfg.logger), spec.run_dir, meta))
+            every = spec.cfg.checkpoint_every
+            paths.append(spec.run_dir / f"checkpoint-{keys[-1]}.pt" if every else None)
+        results = engine.fit_runs(layout, plans, data, fit_cfgs, trackers, paths)
+        wall = time.time() - started
+        for spec, key, tracker, result in zip(specs, keys, trackers, results, strict=True):
+            payload = _results(spec, params, result, device, wall)
+            payload.update(config_hash=key, metric=metric)
+            if launcher is not None:
+                payload["launcher"] = launcher
+            tracker.summary(payload)
+            record.write_results(spec.run_dir, payload)
     finally:
-        tracker.close()
-    if checkpoint_path is not None:
-        checkpoint_path.unlink(missing_ok=True)
-    log.info("test %s = %.4f (results in %s)", metric, result.test[metric], run_dir)
-    return result.best_val[metric]
+        for tracker in trackers:
+            tracker.close()
+    for spec, path, result in zip(specs, paths, results, strict=True):
+        if path is not None:
+            path.unlink(missing_ok=True)
+        log.info("test %s = %.4f (results in %s)", metric, result.test[metric], spec.run_dir)
+    return [result.best_val[metric] for result in results]
 
 
 def _validate(cfg: DictConfig) -> None:
@@ -147,6 +251,8 @@ def _fit_config(cfg: DictConfig, steps_per_epoch: int) -> FitConfig:
         patience=cfg.patience,
         grad_clip=cfg.grad_clip,
         eval_batch_size=cfg.eval_batch_size,
+        val_subset=cfg.val_subset,
+        log_every=cfg.log_every,
         seed=cfg.seed,
         progress=cfg.progress,
         checkpoint_every=cfg.checkpoint_every,
@@ -154,8 +260,7 @@ def _fit_config(cfg: DictConfig, steps_per_epoch: int) -> FitConfig:
 
 
 def _results(
-    cfg: DictConfig,
-    choices: Mapping[str, Any] | None,
+    spec: RunSpec,
     params: dict[str, int],
     result: FitResult,
     device: torch.device,
@@ -163,8 +268,8 @@ def _results(
 ) -> dict[str, Any]:
     return {
         "status": "complete",
-        "config": _plain(cfg),
-        "choices": dict(choices or {}),
+        "config": _plain(spec.cfg),
+        "choices": dict(spec.choices or {}),
         "params": params,
         **{f"val/{k}": v for k, v in result.best_val.items()},
         **{f"test/{k}": v for k, v in result.test.items()},
@@ -173,6 +278,7 @@ def _results(
         "stopped_early": result.stopped_early,
         "history": result.history,
         "train_seconds": result.train_seconds,
+        "val_seconds": result.val_seconds,
         "wall_seconds": wall_seconds,
         "device": str(device),
         "host": platform.node(),

@@ -13,7 +13,9 @@ from xmodal_ft.atomic import atomic_path
 RESULTS = "results.json"
 METRICS = "metrics.jsonl"
 # Root keys that do not change a run's results: left out of its config hash.
-NOT_HASHED = frozenset({"cache_dir", "progress", "logger", "checkpoint_every", "sweep"})
+NOT_HASHED = frozenset(
+    {"cache_dir", "progress", "logger", "checkpoint_every", "sweep", "log_every"}
+)
 
 
 class Tracker(Protocol):
@@ -110,7 +112,7 @@ class WandbTracker:
             id=hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:16],
             resume="allow",
             mode=cfg.get("mode"),
-            reinit="finish_previous",
+            reinit="create_new",  # lockstep: several runs open at once
         )
 
     def log(self, values: dict[str, float], step: int) -> None:

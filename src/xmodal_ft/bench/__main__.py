@@ -21,10 +21,11 @@ from typing import Any
 
 from xmodal_ft import engine
 from xmodal_ft.bench import hardware, report, suite
+from xmodal_ft.bench.lockstep import lockstep_sweeps
 from xmodal_ft.bench.sweep import sweep_overhead
 
 log = logging.getLogger("xmodal_ft.bench")
-SECTIONS = ("throughput", "memory", "sweep", "optimisations", "scaling")
+SECTIONS = ("throughput", "memory", "sweep", "lockstep", "optimisations", "scaling")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     for section in args.sections:
         if section == "sweep":
             out["sweep"] = sweep_overhead(max_steps=20 if args.quick else 100)
+        elif section == "lockstep":
+            out["lockstep"] = lockstep_sweeps(args.quick)
         else:
             out[section] = _run_jobs(suite.SECTIONS[section](args.quick))
         out["seconds"] = time.perf_counter() - start

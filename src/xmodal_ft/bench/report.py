@@ -60,7 +60,33 @@ def markdown(report: dict[str, Any]) -> str:
                   f"{s['first_run_overhead_s']:.2f} s (interpreter, imports), later runs median "
                   f"{s['later_run_overhead_s']:.2f} s (max {s['later_run_overhead_max_s']:.2f} s; "
                   f"inside run() {s['in_run_overhead_s']:.2f} s).", ""]  # fmt: skip
+    if "lockstep" in report:
+        lines += _lockstep(report["lockstep"])
     return "\n".join(lines)
+
+
+def _lockstep(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "## Lockstep sweeps: sequential multirun vs `hydra/launcher=lockstep`",
+        "",
+        "Same `train.py -m lr=... seed=0,1,2` grid, batch 8, validation at the start and the end; "
+        "wall time of the whole command (process start, data, models, training, validation, test, "
+        "records). `max Δ val` = largest val acc difference between the two launchers' runs.",
+        "",
+        "| case | runs × steps | runs/h seq | runs/h lockstep | samples/s seq | samples/s lockstep "
+        "| peak mem seq | peak mem lockstep | speed-up | max Δ val |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        rate, sps = r["runs_per_hour"], r["samples_per_s"]
+        b, k = r["basic"], r["lockstep"]
+        lines.append(
+            f"| {r['case']} | {r['runs']} × {r['steps']} | {rate['basic']:.0f} "
+            f"| {rate['lockstep']:.0f} | {sps['basic']:.1f} | {sps['lockstep']:.1f} "
+            f"| {b['peak_memory_bytes'] / GiB:.2f} GiB | {k['peak_memory_bytes'] / GiB:.2f} GiB "
+            f"| {r['speedup']:.2f}x | {r['max_val_delta']:.3f} |"
+        )
+    return [*lines, ""]
 
 
 def write(report: dict[str, Any], out_dir: Path, stem: str) -> tuple[Path, Path]:

@@ -25,6 +25,8 @@ from xmodal_ft.tasks.images import patchify, unpatchify
 class ImageAugment(nn.Module):
     """Random crop-with-padding, horizontal flip and rotation of a batch of image tokens."""
 
+    draws_random = True  # from the global generator, in forward (lockstep refuses it)
+
     def __init__(self, spec: Augment):
         super().__init__()
         self.spec = spec

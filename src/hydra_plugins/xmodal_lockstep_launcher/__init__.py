@@ -1,0 +1,1 @@
+"""Hydra launcher `lockstep`: a multirun's runs that differ only in lr and seed train together."""

@@ -1,0 +1,137 @@
+"""`hydra/launcher=lockstep`: set up every job as the basic launcher does, then train the jobs'
+runs that differ only in `lr` and `seed` together, one group after another, in this process.
+
+Each job first goes through Hydra's `run_job` (run dir, `.hydra/` files, job log, callbacks) with
+`xmodal_ft.recipe.deferred()` active, so `train.py` queues the job's runs instead of training them.
+The queued runs are grouped (`xmodal_ft.groups`) and each group trains with `recipe.train`; the
+jobs' return values (the validation metric, the mean over `seeds`) are then filled in, so sweepers
+(Optuna) read them as from any launcher. A group that fails marks its jobs failed.
+"""
+
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.utils import (
+    JobReturn,
+    JobStatus,
+    configure_log,
+    filter_overrides,
+    run_job,
+    setup_globals,
+)
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, open_dict
+
+log = logging.getLogger(__name__)
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's job log format
+
+
+@dataclass
+class LockstepLauncherConf:
+    _target_: str = "hydra_plugins.xmodal_lockstep_launcher.lockstep_launcher.LockstepLauncher"
+    max_runs: Optional[int] = None  # noqa: UP045 (OmegaConf reads Optional)
+
+
+ConfigStore.instance().store(
+    group="hydra/launcher", name="xmodal_lockstep", node=LockstepLauncherConf, provider="xmodal_ft"
+)
+
+
+class LockstepLauncher(Launcher):
+    def __init__(self, max_runs: int | None = None) -> None:
+        self.max_runs = max_runs
+        self.config: DictConfig | None = None
+        self.task_function: TaskFunction | None = None
+        self.hydra_context: HydraContext | None = None
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.task_function = task_function
+
+    def launch(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> Sequence[JobReturn]:
+        from xmodal_ft import groups, recipe
+
+        assert self.config is not None and self.hydra_context is not None
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        log.info(f"Launching {len(job_overrides)} jobs in lockstep")
+        returns, queues = [], []
+        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+            sweep_config = self.hydra_context.config_loader.load_sweep_config(
+                self.config, list(overrides)
+            )
+            with open_dict(sweep_config):
+                sweep_config.hydra.job.id = idx
+                sweep_config.hydra.job.num = idx
+            with recipe.deferred() as queue:
+                returns.append(
+                    run_job(
+                        hydra_context=self.hydra_context,
+                        task_function=self.task_function,
+                        config=sweep_config,
+                        job_dir_key="hydra.sweep.dir",
+                        job_subdir_key="hydra.sweep.subdir",
+                    )
+                )
+            queues.append([spec for specs in queue for spec in specs])
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        specs = [spec for queue in queues for spec in queue]
+        job_of = [job for job, queue in enumerate(queues) for _ in queue]
+        values: list[float | BaseException] = [math.nan] * len(specs)
+        for members in groups.group(specs):
+            log.info(f"Training jobs {sorted({job_of[i] for i in members})} together")
+            with _job_logs({_log_file(returns[job_of[i]]) for i in members}):
+                try:
+                    trained = recipe.train(
+                        [specs[i] for i in members], launcher="lockstep", max_runs=self.max_runs
+                    )
+                except Exception as err:  # the sweeper re-raises it when it reads the result
+                    log.exception("lockstep group failed")
+                    trained = [err] * len(members)
+            for i, value in zip(members, trained, strict=True):
+                values[i] = value
+        for job, ret in enumerate(returns):
+            if ret.status != JobStatus.COMPLETED:
+                continue
+            mine = [v for v, j in zip(values, job_of, strict=True) if j == job]
+            failed = [v for v in mine if isinstance(v, BaseException)]
+            if failed:
+                ret.status, ret.return_value = JobStatus.FAILED, failed[0]
+            else:
+                ret.return_value = sum(mine) / len(mine)
+        return returns
+
+
+def _log_file(ret: JobReturn) -> Path:
+    hydra = ret.hydra_cfg.hydra
+    return Path(hydra.runtime.output_dir) / f"{hydra.job.name}.log"
+
+
+@contextmanager
+def _job_logs(paths: set[Path]) -> Iterator[None]:
+    """Append the group's log records to each member job's log file while it trains."""
+    root = logging.getLogger()
+    handlers = [logging.FileHandler(path, mode="a") for path in sorted(paths)]
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            root.removeHandler(handler)
+            handler.close()

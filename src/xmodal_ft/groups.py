@@ -1,0 +1,43 @@
+"""Lockstep groups: which runs of a multirun train together in one process.
+
+Runs share a group when their resolved configs differ only in `lr` and `seed` and they start from
+the same point: all finished (skipped), or all fresh or resuming from the same checkpoint step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from xmodal_ft import checkpoint, record
+from xmodal_ft.recipe import RunSpec
+
+VARYING = ("lr", "seed")  # keys lockstep runs may differ in
+
+
+def group(specs: Sequence[RunSpec]) -> list[list[int]]:
+    """Indices of `specs` by group, in first-seen order; each group sorted by (seed, lr) so that
+    runs sharing a seed (and so a random backbone) sit side by side."""
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, spec in enumerate(specs):
+        groups.setdefault(_key(spec), []).append(i)
+    return [
+        sorted(members, key=lambda i: (specs[i].cfg.seed, specs[i].cfg.lr))
+        for members in groups.values()
+    ]
+
+
+def _key(spec: RunSpec) -> tuple[Any, ...]:
+    config = OmegaConf.to_container(spec.cfg, resolve=True)
+    shared = {k: v for k, v in config.items() if k not in VARYING}
+    done = record.read_results(spec.run_dir)
+    finished = done is not None and done.get("config_hash") == record.config_hash(config)
+    return record.config_hash(shared), finished, _resume_step(spec.run_dir, config)
+
+
+def _resume_step(run_dir: Path, config: dict[str, Any]) -> int:
+    path = run_dir / f"checkpoint-{record.config_hash(config)}.pt"
+    return checkpoint.step(path) if path.exists() else 0

@@ -1,0 +1,404 @@
+"""Run layouts: one run's model as is, or R runs of one configuration stacked into one model.
+
+`stack(models)` turns R run models (each built from its own seed, exactly as a sequential run
+builds it) into one carrier model whose batch is the runs' batches, run-major: rows
+[r·B, (r+1)·B) belong to run r. Leaf modules whose parameters differ between runs (trainable
+ones always; frozen ones when the runs' values differ, e.g. random backbones of different seeds)
+compute with tensors stacked on a leading block axis: Linear and GPT-2's Conv1D as a batched
+matmul over a (K, rows/K, features) view, LayerNorm with per-block scale and shift, Embedding with
+per-block tables. Frozen modules equal in every run stay single and take all R·B rows as one
+batch (the pretrained backbone under FPT); attention has no parameters and runs unchanged.
+
+Each run model's parameters become views of the stacked tensors, and its trainable parameters'
+`.grad` views of the stacked gradients, so every run keeps its own optimizer (its own LR and
+Adam state), checkpoint and best-weights copies, all built on its own model as a lone run would.
+
+Randomness is per run too: each run has its own generator (in the state its lone run would start
+training with), and dropout (modules, and attention dropout through SDPA's math path written out)
+draws each run's masks from it for that run's rows, so a lockstep run draws exactly the masks of
+its lone run while the ops run once on the whole batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import types
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AttentionInterface, PretrainedConfig
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.pytorch_utils import Conv1D
+
+from xmodal_ft.inputs import PrependToken
+
+RngState = tuple[torch.Tensor, torch.Tensor | None]  # CPU and CUDA generator states
+ATTENTION = "lockstep_sdpa"  # SDPA with per-run attention-dropout masks
+
+
+class LockstepError(ValueError):
+    """A configuration that cannot train in lockstep; the message names the way out."""
+
+
+DEFAULT_LAUNCHER = "run it with the default launcher (drop hydra/launcher=lockstep)"
+
+
+class Single:
+    """One run: its own model, torch's gradient clipping, gradients freed after each step."""
+
+    runs = 1
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.models = [model]
+
+    def clip(self, max_norm: float) -> None:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+
+    def zero_grad(self) -> None:
+        self.model.zero_grad(set_to_none=True)
+
+    def own_rng(self, run: int) -> contextlib.AbstractContextManager:
+        """The run's random state is the global one."""
+        return contextlib.nullcontext()
+
+
+class Stacked:
+    """R run models trained as one carrier model (see the module docstring)."""
+
+    def __init__(self, models: Sequence[nn.Module], rng_states: Sequence[RngState]):
+        self.models = list(models)
+        self.runs = len(models)
+        self.generators = [_generators(state) for state in rng_states]
+        self.rows = 0  # rows of the carrier's current batch (R · per-run rows)
+        self.grads: list[torch.Tensor] = []
+        shared = {id(t): t for m in models[:1] for t in [*m.parameters(), *m.buffers()]}
+        self.model = copy.deepcopy(models[0], memo=dict(shared))  # modules copied, tensors shared
+        self.model.register_forward_pre_hook(self._enter)
+        self.model.register_forward_hook(self._exit)
+        run_modules = [dict(m.named_modules()) for m in models]
+        for name, module in self.model.named_modules():
+            names = list(module._parameters)
+            if not names:
+                continue
+            values = [[getattr(rm[name], n) for rm in run_modules] for n in names]
+            blocks = _blocks(values)
+            if blocks > 1 and type(module) not in FORWARDS:
+                raise LockstepError(
+                    f"lockstep cannot stack {type(module).__name__} ({name}): {DEFAULT_LAUNCHER}"
+                )
+            for param_name, per_run in zip(names, values, strict=True):
+                setattr(module, param_name, self._stack(per_run, blocks))
+            if blocks > 1:
+                module.blocks = blocks
+                module.layout = self
+                module.forward = types.MethodType(FORWARDS[type(module)], module)
+        for name, module in self.model.named_modules():
+            if getattr(module, "draws_random", False):  # e.g. data augmentation in forward
+                raise LockstepError(
+                    f"lockstep cannot give each run its own random draws in {name} "
+                    f"({type(module).__name__}): {DEFAULT_LAUNCHER}"
+                )
+            if isinstance(module, nn.Dropout):
+                module.layout = self
+                module.forward = types.MethodType(_dropout, module)
+            config = getattr(module, "config", None)
+            if isinstance(config, PretrainedConfig) and config._attn_implementation == "sdpa":
+                config._attn_implementation = ATTENTION
+
+    def _stack(self, per_run: list[nn.Parameter], blocks: int) -> nn.Parameter:
+        """One parameter of `blocks` blocks; each run's parameter becomes a view of its block."""
+        first = per_run[0]
+        if blocks == 1:
+            for param in per_run[1:]:
+                param.data = first.data
+            return first
+        size = self.runs // blocks
+        stacked = torch.stack([per_run[b * size].detach() for b in range(blocks)])
+        param = nn.Parameter(stacked, requires_grad=first.requires_grad)
+        if param.requires_grad:
+            param.grad = torch.zeros_like(param)
+            self.grads.append(param.grad)
+        for run, value in enumerate(per_run):
+            value.data = param.data[run // size]
+            if param.requires_grad:
+                value.grad = param.grad[run // size]
+        return param
+
+    def _enter(self, module: nn.Module, args: tuple) -> None:
+        self.rows = args[0].shape[0]
+        _RUNNING.set(self)
+
+    def _exit(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        _RUNNING.set(None)
+
+    @contextlib.contextmanager
+    def own_rng(self, run: int) -> Iterator[None]:
+        """Within the block, the global random state is run `run`'s own."""
+        cpu, cuda = self.generators[run]
+        outer = rng_state()
+        _set_rng((cpu.get_state(), None if cuda is None else cuda.get_state()))
+        try:
+            yield
+        finally:
+            inner = rng_state()
+            cpu.set_state(inner[0])
+            if cuda is not None:
+                cuda.set_state(inner[1])
+            _set_rng(outer)
+
+    def keep_masks(self, x: torch.Tensor, keep: float) -> torch.Tensor:
+        """Each run's Bernoulli(`keep`) mask of its rows of `x`, drawn from its own generator as
+        dropout draws it (`empty_like(input).bernoulli_(keep)`), concatenated."""
+        shape = (x.shape[0] // self.runs, *x.shape[1:])
+        index = 1 if x.device.type == "cuda" else 0
+        return torch.cat(
+            [
+                torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(keep, generator=g)
+                for g in (gens[index] for gens in self.generators)
+            ]
+        )
+
+    @torch.no_grad()
+    def clip(self, max_norm: float) -> None:
+        """`clip_grad_norm_` per run: each run's norm is over its own slices of the gradients."""
+        norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in self.grads])
+        total = torch.linalg.vector_norm(norms, dim=0)
+        coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+        for grad in self.grads:
+            grad.mul_(coef.view(-1, *[1] * (grad.dim() - 1)))
+
+    def zero_grad(self) -> None:
+        torch._foreach_zero_(self.grads)
+
+
+Layout = Single | Stacked
+
+
+def build(models: Sequence[nn.Module], rng_states: Sequence[RngState]) -> Layout:
+    """The layout of `models`: the model itself for one run, else the runs stacked.
+
+    `rng_states[r]`: the random state run r's lone run would start training with (`rng_state()`
+    right after building its model and optimizer).
+    """
+    return Single(models[0]) if len(models) == 1 else Stacked(models, rng_states)
+
+
+def rng_state() -> RngState:
+    """The global random state (CPU, and CUDA when present)."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state() if torch.cuda.is_available() else None
+
+
+def _generators(state: RngState) -> tuple[torch.Generator, torch.Generator | None]:
+    cpu = torch.Generator()
+    cpu.set_state(state[0])
+    if state[1] is None:
+        return cpu, None
+    cuda = torch.Generator(device="cuda")
+    cuda.set_state(state[1])
+    return cpu, cuda
+
+
+def _set_rng(state: RngState) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1])
+
+
+MAX_RUNS = 64  # beyond this, a CPU step is compute-bound anyway and a GPU batch large
+ACTIVATION_FLOATS = 24  # floats kept for backward per token, layer and hidden unit (rough)
+
+
+def max_runs(
+    model: nn.Module, batch_size: int, seq_len: int, device: torch.device, frozen_shared: bool
+) -> int:
+    """How many runs of `model` fit in half the free memory of `device`, at most `MAX_RUNS`.
+
+    A run costs its trainable parameters four times (weights, gradients, two Adam moments), its
+    frozen parameters once unless `frozen_shared` (pretrained; random ones are counted per run,
+    an upper bound as runs of one seed share them), and its activations: batch · tokens · hidden
+    · layers · ACTIVATION_FLOATS.
+    """
+    config = model.backbone.config
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    activations = batch_size * seq_len * config.hidden_size * config.num_hidden_layers
+    per_run = 4 * (
+        4 * trainable + (0 if frozen_shared else frozen) + ACTIVATION_FLOATS * activations
+    )
+    return max(1, min(MAX_RUNS, int(0.5 * _free_memory(device) // per_run)))
+
+
+def _free_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as file:
+            for line in file:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 << 30  # unknown: assume 8 GiB
+
+
+@torch.no_grad()
+def share_frozen(model: nn.Module, seen: Sequence[nn.Module]) -> None:
+    """Make `model`'s frozen parameters views of equal ones in `seen` models (frees the copies).
+
+    Called as each run's model is built, so R pretrained backbones never sit in memory at once.
+    """
+    for other in seen:
+        mine, theirs = dict(model.named_parameters()), dict(other.named_parameters())
+        for name, param in mine.items():
+            ref = theirs.get(name)
+            if (
+                not param.requires_grad
+                and ref is not None
+                and param.data_ptr() != ref.data_ptr()
+                and param.shape == ref.shape
+                and torch.equal(param, ref)
+            ):
+                param.data = ref.data
+
+
+def _blocks(values: list[list[nn.Parameter]]) -> int:
+    """How many distinct blocks a module's parameters need: 1 when frozen and equal in every
+    run; the number of distinct frozen values when runs with equal values are contiguous and
+    equally many; else one per run."""
+    runs = len(values[0])
+    if any(per_run[0].requires_grad for per_run in values):
+        return runs
+    labels: list[int] = []
+    firsts: list[int] = []  # the first run of each distinct value
+    for run in range(runs):
+        match = next((i for i, f in enumerate(firsts) if _all_equal(values, run, f)), None)
+        if match is None:
+            firsts.append(run)
+        labels.append(len(firsts) - 1 if match is None else match)
+    size = runs // len(firsts)
+    contiguous = labels == [b for b in range(len(firsts)) for _ in range(size)]
+    return len(firsts) if contiguous else runs
+
+
+def _all_equal(values: list[list[nn.Parameter]], run: int, other: int) -> bool:
+    return all(
+        p[run].data_ptr() == p[other].data_ptr() or torch.equal(p[run], p[other]) for p in values
+    )
+
+
+def _matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x @ weight[k] + bias[k] for each block k of x's rows; weight is (K, in, out)."""
+    shape = x.shape
+    blocks = weight.shape[0]
+    x = x.reshape(blocks, -1, shape[-1])
+    out = torch.bmm(x, weight) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, weight)
+    return out.reshape(*shape[:-1], weight.shape[-1])
+
+
+def _linear(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return _matmul(x, self.weight.transpose(1, 2), self.bias)
+
+
+def _conv1d(self: Conv1D, x: torch.Tensor) -> torch.Tensor:
+    return _matmul(x, self.weight, self.bias)
+
+
+def _layer_norm(self: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    shape = x.shape
+    normed = F.layer_norm(x, self.normalized_shape, eps=self.eps)
+    normed = normed.reshape(self.blocks, -1, shape[-1])
+    if self.weight is not None:
+        normed = normed * self.weight.unsqueeze(1)
+    if self.bias is not None:
+        normed = normed + self.bias.unsqueeze(1)
+    return normed.reshape(shape)
+
+
+def _embedding(self: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+    """Per-block lookups; ids of one row (positions) broadcast over every run's rows."""
+    blocks, vocab, hidden = self.weight.shape
+    if ids.shape[0] == 1:
+        rows = self.layout.rows
+        out = self.weight[:, ids[0]].unsqueeze(1).expand(blocks, rows // blocks, *ids.shape[1:], -1)
+        out = out.reshape(rows, *ids.shape[1:], hidden)
+    else:
+        offsets = torch.arange(blocks, device=ids.device) * vocab
+        shifted = (ids.reshape(blocks, -1) + offsets.unsqueeze(1)).reshape(ids.shape)
+        out = F.embedding(shifted, self.weight.reshape(blocks * vocab, hidden))
+    if self.padding_idx is not None:  # the padding row gets no gradient, as in nn.Embedding
+        out = out.masked_fill((ids == self.padding_idx).unsqueeze(-1), 0.0)
+    return out
+
+
+def _prepend_token(self: PrependToken, x: torch.Tensor) -> torch.Tensor:
+    """Each block's own learned token in front of its runs' sequences."""
+    embeds = self.layer(x)
+    rows, length, hidden = embeds.shape
+    token = self.token.to(embeds.dtype)[:, None, None, :].expand(self.blocks, -1, 1, hidden)
+    token = token.expand(self.blocks, rows // self.blocks, 1, hidden).reshape(rows, 1, hidden)
+    return torch.cat([token, embeds], dim=1)
+
+
+def _dropout(self: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
+    """Each run's rows dropped with the run's own random state (its lone run's masks)."""
+    if not self.training or self.p == 0:
+        return x
+    return x * self.layout.keep_masks(x, 1 - self.p).div_(1 - self.p)
+
+
+def _attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs: object,
+) -> tuple[torch.Tensor, None]:
+    """Transformers' SDPA attention; with attention dropout, SDPA's math path written out so
+    that each run's rows get the mask its lone run draws (`at::dropout` on the probabilities)."""
+    layout = _RUNNING.get()
+    if dropout == 0.0 or layout is None or hasattr(module, "num_key_value_groups"):
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+            is_causal=is_causal, **kwargs,
+        )  # fmt: skip
+    if attention_mask is not None and attention_mask.ndim == 4:
+        attention_mask = attention_mask[:, :, :, : key.shape[-2]]
+    is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    is_causal = query.shape[2] > 1 and attention_mask is None and is_causal
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    scores = query @ key.transpose(-2, -1) * scale
+    if is_causal:
+        future = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).triu(1)
+        scores = scores.masked_fill(future, float("-inf"))
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, float("-inf"))
+        else:
+            scores = scores + attention_mask
+    probs = scores.softmax(dim=-1)
+    probs = probs * layout.keep_masks(probs, 1 - dropout).div_(1 - dropout)
+    return (probs @ value).transpose(1, 2).contiguous(), None
+
+
+_RUNNING: ContextVar[Stacked | None] = ContextVar("lockstep_running", default=None)
+AttentionInterface.register(ATTENTION, _attention)
+AttentionMaskInterface.register(ATTENTION, sdpa_mask)
+
+FORWARDS: dict[type, Callable[..., torch.Tensor]] = {
+    nn.Linear: _linear,
+    Conv1D: _conv1d,
+    nn.LayerNorm: _layer_norm,
+    nn.Embedding: _embedding,
+    PrependToken: _prepend_token,
+}
