@@ -327,3 +327,49 @@ def test_experiment_presets_compose_with_the_survey_settings(preset: str) -> Non
     assert (cfg.task.name, cfg.max_epochs) in {("sst2", 5), ("cola", 10)}
     assert cfg.lr == (2e-5 if preset.endswith("lr2e-5") else 0.01)
     assert tasks.BUILDERS[cfg.task.name]
+
+
+@pytest.mark.parametrize(
+    ("total", "cut_frac", "ratio", "expected"),
+    [
+        (2, 0.1, 32, [1 / 32, 1.0, 1 / 32]),  # the smallest budget: cut clamped up to step 1
+        (10, 0.01, 32, [1 / 32, 1.0]),  # cut_frac · total < 1: still one rising step
+        (10, 0.95, 32, [1 / 32] + [(1 + k / 9 * 31) / 32 for k in range(1, 9)] + [1.0, 1 / 32]),
+        (4, 0.5, 1, [1.0] * 5),  # ratio 1: a constant LR
+    ],
+)
+def test_slanted_triangular_edges(total: int, cut_frac: float, ratio: float, expected) -> None:
+    scale = schedules.slanted_triangular(total, cut_frac, ratio)
+    assert [scale(t) for t in range(len(expected))] == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("total", "cut_frac", "ratio", "match"),
+    [
+        (1, 0.1, 32, r"needs a budget of >= 2 steps \(max_steps\), got 1"),
+        (10, 0.0, 32, r"scheme.cut_frac=0.0 must lie in \(0, 1\)"),
+        (10, 1.0, 32, r"scheme.cut_frac=1.0 must lie in \(0, 1\)"),
+        (10, 0.1, 0.5, r"scheme.ratio=0.5 must be >= 1 \(ULMFiT: 32\)"),
+    ],
+)
+def test_slanted_triangular_bad_settings(total: int, cut_frac: float, ratio: float, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        schedules.slanted_triangular(total, cut_frac, ratio)
+
+
+def test_layer_wise_schemes_on_a_model_without_a_layer_stack_name_the_fix() -> None:
+    class Flat(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = torch.nn.Sequential(torch.nn.Linear(2, 2))
+            self.backbone.empty = torch.nn.ModuleList()  # an empty list is no stack
+
+    with pytest.raises(SchemeError, match="Sequential has no nn.ModuleList of layers.*fixed"):
+        schemes.build(Flat(), SchemeConfig("discriminative"), lr=1.0)
+
+
+def test_a_one_layer_stack_is_a_stack() -> None:
+    model = tiny_model("tiny_gpt2", SIGN)
+    del model.backbone.h[1]
+    names = [g.name for g in layer_groups(model)]
+    assert names == ["bottom", "layer.0", "top"]
