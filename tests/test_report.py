@@ -106,7 +106,8 @@ def test_main_writes_tables_and_plots(tmp_path) -> None:
     assert float(rows[0]["test_mean"]) == pytest.approx(0.65)
     assert float(rows[0]["test_sem"]) == pytest.approx(0.05)
     assert float(rows[0]["paper_test"]) == pytest.approx(0.985)
-    assert rows[2]["paper_test"] == ""
+    assert float(rows[0]["paper_diff"]) == pytest.approx(0.65 - 0.985)
+    assert rows[2]["paper_test"] == "" and rows[2]["paper_diff"] == ""
     table = (out / "test_table.csv").read_text().splitlines()
     assert table[:2] == [
         "model,scheme,task,fpt,unfrozen_pretrained",
@@ -224,3 +225,31 @@ def test_report_markdown_in_full(tmp_path) -> None:
     report.main([str(tmp_path), "--compare", "rothermel2021", "--out", str(tmp_path / "out")])
     md = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
     assert md == GOLDEN_MD.replace("{root}", str(tmp_path))
+
+
+def test_differences_name_every_differing_key_nested_or_present_on_one_side() -> None:
+    a = {"lr": 1, "max_steps": 5, "model": {"dropout": 0.1, "name": "gpt2"}, "task": {"n": 1}}
+    b = {"lr": 2, "model": {"dropout": 0.0, "name": "gpt2"}, "task": 3, "patience": 2}
+    assert report._differences(a, b) == {"max_steps", "model.dropout", "task", "patience"}
+
+
+def test_steps_to_match_is_blank_where_a_variant_has_no_runs(tmp_path) -> None:
+    grid(tmp_path)  # mnist: fpt only
+    fake_run(tmp_path, 1e-3, 0, 0.8, 0.75, variant="unfrozen_random", task="cifar10")
+    fake_run(tmp_path, 1e-3, 0, 0.5, 0.45, task="cifar10")
+    report.main([str(tmp_path)])
+    md = (tmp_path / "report" / "report.md").read_text()
+    table = md.split("steps to match fpt's best validation metric (Rothermel et al.)")[1]
+    assert "| cifar10 | 10 ± n/a | 10 ± n/a |" in table
+    assert "| mnist | 15 ± 5 |  |" in table
+
+
+def test_main_logs_the_report_files_to_the_tracker_project_given(tmp_path, monkeypatch) -> None:
+    calls = []
+    log = lambda paths, project: calls.append((paths, project))  # noqa: E731
+    monkeypatch.setattr(report, "log_to_wandb", log)
+    grid(tmp_path)
+    report.main([str(tmp_path), "--wandb", "my-project"])
+    [(paths, project)] = calls
+    assert project == "my-project"
+    assert [p.name for p in paths][:3] == ["results.csv", "test_table.csv", "report.md"]

@@ -10,7 +10,7 @@ import pytest
 from wandb.proto import wandb_internal_pb2
 
 from conftest import make_cfg
-from xmodal_ft import record, run
+from xmodal_ft import record, report, run
 
 
 def wandb_records(path: Path) -> list[wandb_internal_pb2.Record]:
@@ -66,3 +66,28 @@ def test_wandb_offline_run_has_config_metrics_and_best_summary(tmp_path) -> None
 def test_unknown_logger_lists_the_choices(tmp_path) -> None:
     with pytest.raises(ValueError, match="unknown logger 'nope'; choose one of: local, wandb"):
         record.build_tracker({"name": "nope"}, tmp_path, {})
+
+
+def test_report_logs_its_table_and_plots_to_a_wandb_offline_run(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # wandb writes ./wandb (WANDB_DIR from the offline fixture)
+    for seed, (lr, val) in enumerate([(1e-4, 0.5), (1e-3, 0.7)]):
+        run_dir = tmp_path / "runs" / str(seed)
+        names = ("mnist", "gpt2", "fpt", "fixed")
+        config = {g: {"name": n} for g, n in zip(report.GROUP, names, strict=True)}
+        payload = {"status": "complete", "metric": "acc", "val/acc": val, "test/acc": val}
+        payload |= {"config": {**config, "lr": lr, "seed": 0}, "best_step": 1, "history": []}
+        record.write_results(run_dir, payload)
+    runs, _ = report.load_runs([tmp_path / "runs"])
+    paths = report.write(report.aggregate(runs), tmp_path / "out", [])
+    report.log_to_wandb(paths, "reports")
+    [run_file] = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    records = wandb_records(run_file)
+    [meta] = [r.run for r in records if r.HasField("run")]
+    assert (meta.project, meta.job_type) == ("reports", "report")
+    logged = {}
+    for r in records:
+        if r.HasField("history"):
+            logged |= items(r.history.item)
+    assert (logged["results/_type"], logged["results/nrows"]) == ("table-file", 1)
+    images = {k.split("/")[0] for k, v in logged.items() if v == "image-file"}
+    assert images == {"lr_mnist_gpt2", "curves_mnist_gpt2"}
