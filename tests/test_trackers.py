@@ -68,8 +68,7 @@ def test_unknown_logger_lists_the_choices(tmp_path) -> None:
         record.build_tracker({"name": "nope"}, tmp_path, {})
 
 
-def test_report_logs_its_table_and_plots_to_a_wandb_offline_run(tmp_path, monkeypatch) -> None:
-    monkeypatch.chdir(tmp_path)  # wandb writes ./wandb (WANDB_DIR from the offline fixture)
+def test_report_logs_its_table_and_plots_to_a_wandb_offline_run(tmp_path) -> None:
     for seed, (lr, val) in enumerate([(1e-4, 0.5), (1e-3, 0.7)]):
         run_dir = tmp_path / "runs" / str(seed)
         names = ("mnist", "gpt2", "fpt", "fixed")
@@ -80,7 +79,7 @@ def test_report_logs_its_table_and_plots_to_a_wandb_offline_run(tmp_path, monkey
     runs, _ = report.load_runs([tmp_path / "runs"])
     paths = report.write(report.aggregate(runs), tmp_path / "out", [])
     report.log_to_wandb(paths, "reports")
-    [run_file] = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    [run_file] = tmp_path.glob("out/wandb/offline-run-*/run-*.wandb")  # beside the report
     records = wandb_records(run_file)
     [meta] = [r.run for r in records if r.HasField("run")]
     assert (meta.project, meta.job_type) == ("reports", "report")

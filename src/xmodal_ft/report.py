@@ -338,7 +338,7 @@ def log_to_wandb(paths: list[Path], project: str) -> None:
     """Log the tables (as W&B Tables) and plots (as images) to a W&B run of job type report."""
     import wandb
 
-    run = wandb.init(project=project, job_type="report")
+    run = wandb.init(project=project, job_type="report", dir=paths[0].parent)  # beside the report
     try:
         for path in paths:
             if path.suffix == ".png":
@@ -349,6 +349,8 @@ def log_to_wandb(paths: list[Path], project: str) -> None:
                 run.log({"results": wandb.Table(columns=rows[0], data=rows[1:])})
     finally:
         run.finish()
+
+
 # pragma: no mutate end
 
 
