@@ -13,10 +13,10 @@ import pytest
 import torch
 import yaml
 
-from conftest import make_cfg, tiny_model
+from conftest import make_cfg, tiny_model, with_keys
 from test_sweeps import TINY as SWEEP
 from test_sweeps import results, sweep
-from xmodal_ft import groups, lockstep, recipe, run
+from xmodal_ft import groups, lockstep, recipe, run, tasks
 from xmodal_ft.lockstep import LockstepError
 from xmodal_ft.recipe import RunSpec
 from xmodal_ft.record import run_key
@@ -206,3 +206,27 @@ def test_random_draws_in_forward_are_refused_naming_the_default_launcher() -> No
         model.jitter = Jitter()
     with pytest.raises(LockstepError, match="jitter .*drop hydra/launcher=lockstep"):
         lockstep.build(runs, [lockstep.rng_state()] * 2)
+
+
+def test_frozen_pretrained_weights_are_stored_once_and_trainable_ones_per_run(
+    tiny_gpt2_dir, monkeypatch
+) -> None:
+    cfg = make_cfg("variant=fpt", f"model.path={tiny_gpt2_dir}")
+    data = tasks.build(dict(cfg.task), cache_dir=None)
+    built = []
+    for seed in (0, 1):
+        model = recipe._build_model(with_keys(cfg, seed=seed), data, torch.device("cpu"))
+        lockstep.share_frozen(model, built)
+        built.append(model)
+    a, b = (dict(m.named_parameters()) for m in built)
+    frozen = [n for n, p in a.items() if not p.requires_grad]
+    assert frozen and all(a[n].data_ptr() == b[n].data_ptr() for n in frozen)
+    assert not torch.equal(a["input_layer.weight"], b["input_layer.weight"])  # own init
+    stacked = lockstep.build(built, [lockstep.rng_state()] * 2)
+    assert stacked.model.input_layer.weight.shape[0] == 2
+    assert stacked.model.backbone.h[0].attn.c_attn.weight.dim() == 2  # shared, not stacked
+    assert torch.equal(stacked.model.input_layer.weight[1], b["input_layer.weight"])
+    monkeypatch.setattr(lockstep, "_free_memory", lambda device: 0)
+    assert lockstep.max_runs(built[0], 8, 16, torch.device("cpu"), frozen_shared=True) == 1
+    monkeypatch.setattr(lockstep, "_free_memory", lambda device: 1 << 40)
+    assert lockstep.max_runs(built[0], 8, 16, torch.device("cpu"), frozen_shared=True) == 64

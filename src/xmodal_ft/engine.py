@@ -216,29 +216,41 @@ def fit_runs(
 
 
 def evaluate(
-    model: nn.Module, split: Split, names: tuple[str, ...], batch_size: int
+    model: nn.Module,
+    split: Split,
+    names: tuple[str, ...],
+    batch_size: int,
+    progress: str | None = None,
 ) -> dict[str, float]:
-    """Metrics of one run's `model` on a whole split, in eval mode."""
-    cfg = FitConfig(eval_batch_size=batch_size, progress=False)
-    return evaluate_runs(model, 1, split, names, cfg, "eval")[0]
+    """Metrics of one run's `model` on a whole split, in eval mode (`progress`: a bar's label)."""
+    return _evaluate(model, 1, split, names, batch_size, progress)[0]
 
 
-@torch.inference_mode()
 def evaluate_runs(
     model: nn.Module, runs: int, split: Split, names: tuple[str, ...], cfg: FitConfig, desc: str
 ) -> list[dict[str, float]]:
-    """Metrics of each of the `runs` runs of `model` on a whole split, in one batched pass.
+    """Metrics of each of the `runs` runs of `model` on a whole split, in one batched pass."""
+    return _evaluate(model, runs, split, names, cfg.eval_batch_size, desc if cfg.progress else None)
 
-    Each chunk of `cfg.eval_batch_size` examples goes through the model once per run, as one
-    batch of runs · chunk rows (run-major).
-    """
+
+@torch.inference_mode()
+def _evaluate(
+    model: nn.Module,
+    runs: int,
+    split: Split,
+    names: tuple[str, ...],
+    batch_size: int,
+    progress: str | None,
+) -> list[dict[str, float]]:
+    """Each chunk of `batch_size` examples goes through the model once per run, as one batch of
+    runs · chunk rows (run-major)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     preds = []
-    starts = range(0, len(split), cfg.eval_batch_size)
-    for start in tqdm(starts, desc=desc, disable=not cfg.progress, leave=False, dynamic_ncols=True):
-        idx = torch.arange(start, min(start + cfg.eval_batch_size, len(split)))
+    starts = range(0, len(split), batch_size)
+    for start in tqdm(starts, desc=progress, disable=progress is None, leave=False):
+        idx = torch.arange(start, min(start + batch_size, len(split)))
         x, lengths, _ = _batch(split, idx, device)
         if runs > 1:
             x, lengths, _ = _stack_batches([(x, lengths, None)] * runs)

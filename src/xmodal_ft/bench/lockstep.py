@@ -50,7 +50,9 @@ def cases(quick: bool, gpt2_dir: Path) -> list[SweepCase]:
         SweepCase(
             "gpt2-4x256 (3.2M) unfrozen", (*GPT2_4X256, "variant=unfrozen_random"), 40 * scale
         ),
-        SweepCase("minilm fpt", ("model=minilm", "variant=fpt"), 20 * scale),
+        SweepCase(
+            "minilm fpt", ("model=minilm", "variant=fpt"), 20 * scale, lrs=3 if quick else len(LRS)
+        ),  # fmt: skip
         SweepCase(
             "gpt2 small fpt",
             ("model=gpt2", f"model.path={gpt2_dir}", "variant=fpt"),
@@ -60,12 +62,15 @@ def cases(quick: bool, gpt2_dir: Path) -> list[SweepCase]:
     ]
 
 
-def lockstep_sweeps(quick: bool) -> list[dict[str, Any]]:
-    """Each case's grid with both launchers, side by side: wall time, rates, peak memory."""
+def lockstep_sweeps(quick: bool, only: set[str] | None = None) -> list[dict[str, Any]]:
+    """Each case's grid (or those named in `only`) with both launchers, side by side: wall time,
+    rates, peak memory."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         gpt2_dir = _save_gpt2_small(Path(tmp) / "gpt2")
         for i, case in enumerate(cases(quick, gpt2_dir)):
+            if only is not None and case.name not in only:
+                continue
             runs = {}
             for launcher in ("basic", "lockstep"):
                 runs[launcher] = _sweep(case, launcher, Path(tmp) / f"case{i}-{launcher}")
