@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -253,3 +254,23 @@ def test_main_logs_the_report_files_to_the_tracker_project_given(tmp_path, monke
     [(paths, project)] = calls
     assert project == "my-project"
     assert [p.name for p in paths][:3] == ["results.csv", "test_table.csv", "report.md"]
+
+
+def test_results_files_are_read_as_written_and_incomplete_ones_skipped(tmp_path) -> None:
+    run_dir = fake_run(tmp_path, 1e-3, 2, 0.7, 0.6)
+    payload = json.loads((run_dir / "results.json").read_text())
+    payload |= {"test/mcc": 0.25}
+    for key in ("metric", "history"):  # older results: metric acc, no history
+        del payload[key]
+    write_results(run_dir, payload)
+    for status, name in (("running", "unfinished"), (None, "nostatus")):
+        other = {**payload, "status": status} if status else {"config": payload["config"]}
+        write_results(tmp_path / name, other)
+    write_results(tmp_path / "list", {"status": "complete"} | {"x": 1})
+    (tmp_path / "list" / "results.json").write_text("[1, 2]")
+    [run], skipped = report.load_runs([tmp_path])
+    assert run.path == run_dir and run.group == ("mnist", "gpt2", "fpt", "fixed")
+    assert (run.lr, run.seed, run.metric, run.val, run.test) == (1e-3, 2, "acc", 0.7, 0.6)
+    assert (run.best_step, run.history, run.tests) == (30, [], {"acc": 0.6, "mcc": 0.25})
+    assert sorted(line.split("/")[-2] for line in skipped) == ["list", "nostatus", "unfinished"]
+    assert all("ValueError: not a complete run (status != 'complete')" in s for s in skipped)
