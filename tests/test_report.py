@@ -123,6 +123,7 @@ def test_tables_without_compare_have_no_paper_column(tmp_path) -> None:
     report.main([str(tmp_path), "--out", str(tmp_path / "out")])
     md = (tmp_path / "out" / "report.md").read_text()
     assert "| mnist | 65.0 ± 5.0 (lr 1e-03) |" in md and "paper" not in md
+    assert "mean ± SEM over seeds; chosen LR in parentheses.\n" in md
     header = (tmp_path / "out" / "results.csv").read_text().splitlines()[0]
     assert header.endswith("test_mean,test_sem,steps_mean,steps_sem")
 
@@ -243,6 +244,7 @@ def test_steps_to_match_is_blank_where_a_variant_has_no_runs(tmp_path) -> None:
     table = md.split("steps to match fpt's best validation metric (Rothermel et al.)")[1]
     assert "| cifar10 | 10 ± n/a | 10 ± n/a |" in table
     assert "| mnist | 15 ± 5 |  |" in table
+    assert "| mnist | 65.0 ± 5.0 (lr 1e-03) |  |" in md  # no unfrozen_random run on mnist
 
 
 def test_main_logs_the_report_files_to_the_tracker_project_given(tmp_path, monkeypatch) -> None:
@@ -274,3 +276,47 @@ def test_results_files_are_read_as_written_and_incomplete_ones_skipped(tmp_path)
     assert (run.best_step, run.history, run.tests) == (30, [], {"acc": 0.6, "mcc": 0.25})
     assert sorted(line.split("/")[-2] for line in skipped) == ["list", "nostatus", "unfinished"]
     assert all("ValueError: not a complete run (status != 'complete')" in s for s in skipped)
+
+
+def test_report_errors_name_the_runs_and_the_fix(tmp_path) -> None:
+    missing = tmp_path / "absent"
+    with pytest.raises(report.ReportError) as error:
+        report.load_runs([missing])
+    assert str(error.value) == f"{missing} is not a directory: pass multirun dirs of train.py -m"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b" / "x").mkdir(parents=True)
+    hint = ": run a sweep first, e.g. python train.py -m sweep=lr_grid"
+    with pytest.raises(report.ReportError) as error:
+        report.load_runs([tmp_path / "a", tmp_path / "b"])
+    assert str(error.value) == f"no complete results.json under {tmp_path}/a, {tmp_path}/b{hint}"
+    (tmp_path / "b" / "x" / "results.json").write_text("{")
+    with pytest.raises(report.ReportError) as error:
+        report.load_runs([tmp_path / "a", tmp_path / "b"])
+    assert str(error.value).endswith(f"{tmp_path}/b (1 unreadable){hint}")
+
+
+def test_aggregation_errors_name_the_group_and_the_runs(tmp_path) -> None:
+    first = fake_run(tmp_path / "one", 1e-3, 0, 0.5, 0.5)
+    second = fake_run(tmp_path / "two", 1e-3, 0, 0.6, 0.6)
+    group = ("mnist", "gpt2", "fpt", "fixed")
+    with pytest.raises(report.ReportError) as error:
+        report.aggregate(report.load_runs([tmp_path])[0])
+    assert str(error.value) == f"{group} lr=0.001 has duplicate seeds [0, 0] ({first}, {second})"
+    other = fake_run(tmp_path / "two", 1e-3, 0, 0.6, 0.6, max_steps=7)  # exactly two runs
+    with pytest.raises(report.ReportError) as error:
+        report.aggregate(report.load_runs([tmp_path])[0])
+    assert str(error.value) == (
+        f"incompatible runs in {group}: max_steps differ between {first} and {other}; "
+        "report them separately (one dir per setting)"
+    )
+    payload = json.loads((other / "results.json").read_text())
+    payload |= {
+        "metric": "mcc",
+        "val/mcc": 0.1,
+        "test/mcc": 0.1,
+        "config": {**payload["config"], "max_steps": 100},
+    }
+    write_results(other, payload)
+    with pytest.raises(report.ReportError) as error:
+        report.aggregate(report.load_runs([tmp_path])[0])
+    assert str(error.value) == f"mixed metrics in {group}: 'acc' ({first}) and 'mcc' ({other})"

@@ -373,3 +373,20 @@ def test_a_one_layer_stack_is_a_stack() -> None:
     del model.backbone.h[1]
     names = [g.name for g in layer_groups(model)]
     assert names == ["bottom", "layer.0", "top"]
+
+
+def test_layer_groups_of_a_model_without_an_input_layer() -> None:
+    class Plain(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = torch.nn.Module()
+            self.backbone.embed = torch.nn.Linear(2, 2)
+            self.backbone.layers = torch.nn.ModuleList([torch.nn.Linear(2, 2)])
+            self.head = torch.nn.Linear(2, 1)
+
+    groups = {g.name: sorted(g.params) for g in layer_groups(Plain())}
+    assert groups == {
+        "bottom": ["backbone.embed.bias", "backbone.embed.weight"],
+        "layer.0": ["backbone.layers.0.bias", "backbone.layers.0.weight"],
+        "top": ["head.bias", "head.weight"],
+    }
