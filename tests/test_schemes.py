@@ -19,7 +19,7 @@ from conftest import CONF, SIGN, make_cfg, read_results, sign_task, tiny_model, 
 from glue_helpers import write_sst2
 from xmodal_ft import adapters, models, run, schedules, schemes, tasks, variants
 from xmodal_ft.engine import FitConfig, fit
-from xmodal_ft.layers import layer_groups
+from xmodal_ft.layers import find_layers, layer_groups
 from xmodal_ft.schemes import SchemeConfig, SchemeError
 from xmodal_ft.tasks.base import TaskSpec
 
@@ -364,8 +364,12 @@ def test_layer_wise_schemes_on_a_model_without_a_layer_stack_name_the_fix() -> N
             self.backbone = torch.nn.Sequential(torch.nn.Linear(2, 2))
             self.backbone.empty = torch.nn.ModuleList()  # an empty list is no stack
 
-    with pytest.raises(SchemeError, match="Sequential has no nn.ModuleList of layers.*fixed"):
+    with pytest.raises(SchemeError) as error:
         schemes.build(Flat(), SchemeConfig("discriminative"), lr=1.0)
+    assert str(error.value) == (
+        "Sequential has no nn.ModuleList of layers: layer-wise schemes (discriminative, "
+        "gradual_unfreeze) and adapters need one; use scheme=fixed"
+    )
 
 
 def test_a_one_layer_stack_is_a_stack() -> None:
@@ -390,3 +394,11 @@ def test_layer_groups_of_a_model_without_an_input_layer() -> None:
         "layer.0": ["backbone.layers.0.bias", "backbone.layers.0.weight"],
         "top": ["head.bias", "head.weight"],
     }
+
+
+def test_the_stack_is_the_module_list_holding_the_most_parameters() -> None:
+    backbone = torch.nn.Module()
+    backbone.zzz = torch.nn.ModuleList([torch.nn.Linear(1, 1)])  # registered first, fewer params
+    backbone.aaa = torch.nn.ModuleList([torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)])
+    name, stack = find_layers(backbone)
+    assert name == "aaa" and stack is backbone.aaa

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import make_cfg, trainable_names
+from conftest import make_cfg, tiny_model, trainable_names
 from xmodal_ft import models, schemes, tasks, variants
 from xmodal_ft.engine import FitConfig, fit
 
@@ -170,3 +170,14 @@ def test_trainable_set_of_every_family_variant_and_adapter(
     else:
         expected = IO | norms | positions if frozen_backbone else IO | backbone
     assert trainable_names(net) == expected
+
+
+def test_patterns_matching_nothing_are_a_clear_error_and_matches_are_listed() -> None:
+    model = tiny_model()
+    assert variants.set_trainable(model, ["output_layer.*"]) == [
+        "output_layer.weight", "output_layer.bias"
+    ]  # fmt: skip
+    cfg = variants.VariantConfig("typo", pretrained=False, trainable=["*ln_q*"])
+    with pytest.raises(ValueError) as error:
+        variants.apply(model, cfg)
+    assert str(error.value) == "variant typo: no parameter matches trainable=['*ln_q*']"
