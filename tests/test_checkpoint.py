@@ -17,6 +17,20 @@ CFG = FitConfig(
 FIXED = schemes.SchemeConfig()
 
 
+class StepLog:
+    """A tracker that keeps the steps logged."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def log(self, values: dict[str, float], step: int) -> None:
+        self.steps.append(step)
+
+    def summary(self, values: dict) -> None: ...
+
+    def close(self) -> None: ...
+
+
 def train(checkpoint_path=None, tracker=None, scheme=FIXED, lr=3e-3):
     torch.manual_seed(0)  # dropout draws from the global generator
     model = tiny_model()
@@ -43,7 +57,9 @@ def test_resumed_fit_matches_uninterrupted_fit_exactly(
         train(path, KillAt(kill_at), scheme)
     assert torch.load(path, weights_only=False)["loop"]["step"] == saved_at
     torch.manual_seed(123)  # a new process: the checkpoint restores the RNG state
-    model, resumed = train(path, scheme=scheme)
+    logged = StepLog()
+    model, resumed = train(path, logged, scheme)
+    assert logged.steps[0] == saved_at  # it resumed: the first thing logged is that step's eval
     assert resumed.best_val == ref.best_val
     assert resumed.test == ref.test
     assert resumed.best_step == ref.best_step

@@ -12,7 +12,7 @@ from conftest import make_cfg, sign_task, tiny_model, with_keys
 from xmodal_ft import engine, run, schemes
 from xmodal_ft.engine import FitConfig, evaluate, fit
 from xmodal_ft.schemes import TrainPlan
-from xmodal_ft.tasks.base import Split, TaskData
+from xmodal_ft.tasks.base import Split, TaskData, subsample
 
 
 def test_fit_learns_a_learnable_task() -> None:
@@ -192,3 +192,15 @@ def test_lr_scale_sets_each_groups_lr_per_step() -> None:
         FitConfig(batch_size=8, max_steps=3, eval_every=100, progress=False),
     )
     assert [round(g["lr"], 6) for g in optimizer.param_groups] == [0.3, 0.15]
+
+
+def test_validation_scores_the_fixed_seeded_subset() -> None:
+    data = sign_task()  # 128 validation examples
+    model = tiny_model()
+    plan = schemes.build(model, schemes.SchemeConfig(), lr=3e-3)
+    cfg = FitConfig(batch_size=16, max_steps=20, eval_every=20, val_subset=24, progress=False)
+    result = fit(model, plan, data, cfg)
+    subset = subsample(data.val, 24, seed=0)
+    assert len(subset) == 24
+    assert result.history[-1]["val/acc"] == evaluate(model, subset, ("acc",), 64)["acc"]
+    assert result.best_val["acc"] * 24 == pytest.approx(round(result.best_val["acc"] * 24))

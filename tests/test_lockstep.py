@@ -110,6 +110,8 @@ def test_gradual_unfreezing_is_refused_naming_the_default_launcher(tmp_path) -> 
     runs = specs(tmp_path, "variant=unfrozen_random", "scheme=gradual_unfreeze")
     with pytest.raises(LockstepError, match="default launcher"):
         recipe.train(runs)
+    with pytest.raises(LockstepError, match="default launcher"):
+        recipe.train(runs[:2])  # the smallest group
 
 
 # ---- hydra/launcher=lockstep ------------------------------------------------------------------
