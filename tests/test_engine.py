@@ -204,3 +204,10 @@ def test_validation_scores_the_fixed_seeded_subset() -> None:
     assert len(subset) == 24
     assert result.history[-1]["val/acc"] == evaluate(model, subset, ("acc",), 64)["acc"]
     assert result.best_val["acc"] * 24 == pytest.approx(round(result.best_val["acc"] * 24))
+
+
+def test_validation_time_is_part_of_the_training_time() -> None:
+    model = tiny_model()
+    plan = schemes.build(model, schemes.SchemeConfig(), lr=1e-3)
+    result = fit(model, plan, sign_task(), FitConfig(max_steps=2, eval_every=1, progress=False))
+    assert 0 < result.val_seconds <= result.train_seconds  # validation runs inside the loop
