@@ -220,10 +220,9 @@ def evaluate(
     split: Split,
     names: tuple[str, ...],
     batch_size: int,
-    progress: str | None = None,
 ) -> dict[str, float]:
-    """Metrics of one run's `model` on a whole split, in eval mode (`progress`: a bar's label)."""
-    return _evaluate(model, 1, split, names, batch_size, progress)[0]
+    """Metrics of one run's `model` on a whole split, in eval mode."""
+    return _evaluate(model, 1, split, names, batch_size, None)[0]
 
 
 def evaluate_runs(
