@@ -158,20 +158,21 @@ def task_schema(builder: Callable[..., Any]) -> type:
         if param.kind is not param.KEYWORD_ONLY or param.name in RUNTIME_ARGS:
             continue
         default = MISSING if param.default is param.empty else param.default
-        fields.append((param.name, _schema_type(hints.get(param.name, Any)), field(default=default)))
+        hint = _schema_type(hints.get(param.name, Any))
+        fields.append((param.name, hint, field(default=default)))
     title = "".join(word.capitalize() for word in builder.__name__.split("_"))
     return make_dataclass(f"{title}Task", fields, bases=(TaskConfig,))
 
 
 def _schema_type(hint: Any) -> Any:
-    """`hint` as a type OmegaConf checks: Mapping/Sequence as dict/list, other unions as Any."""
+    """`hint` as a type OmegaConf checks: Sequence as list; mappings and unions of types as Any."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (types.UnionType, typing.Union):
         kept = [a for a in args if a is not type(None)]
         inner = _schema_type(kept[0]) if len(kept) == 1 else Any
         return inner | None if len(kept) < len(args) and inner is not Any else inner
-    if origin in (dict, collections.abc.Mapping):
-        return dict[str, _schema_type(args[1]) if args else Any]
+    if origin in (dict, collections.abc.Mapping):  # Any: OmegaConf cannot merge into a null dict
+        return Any
     if origin in (list, tuple, collections.abc.Sequence):
         return list[_schema_type(args[0]) if args else Any]
     return hint if hint in (int, float, bool, str) else Any
@@ -216,7 +217,7 @@ def register() -> None:
     if _registered:
         return
     OmegaConf.register_new_resolver("run_key", record.run_key, replace=True)
-    OmegaConf.register_new_resolver("not_hashed", lambda: list(record.NOT_HASHED), replace=True)
+    OmegaConf.register_new_resolver("not_hashed", lambda: sorted(record.NOT_HASHED), replace=True)
     store = ConfigStore.instance()
     store.store(name="config_schema", node=Config)
     store.store(group="schema", name="model", node=ModelConfig)

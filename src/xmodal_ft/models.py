@@ -113,7 +113,7 @@ def check(cfg: ModelConfig, *, pretrained: bool) -> str | None:
     try:
         return AutoConfig.from_pretrained(path).model_type
     except (OSError, ValueError) as err:
-        raise ModelLoadError(_offline_hint(cfg.name, path, err)) from err
+        raise ModelLoadError(_offline_hint(cfg.name, path)) from err
 
 
 def build(cfg: ModelConfig, spec: TaskSpec, *, pretrained: bool, seed: int) -> CrossModalModel:
@@ -175,7 +175,7 @@ def _load_backbone(cfg: ModelConfig, pretrained: bool) -> PreTrainedModel:
             )
         return AutoModel.from_config(config, attn_implementation="sdpa", **cfg.kwargs)
     except OSError as err:
-        raise ModelLoadError(_offline_hint(cfg.name, path, err)) from err
+        raise ModelLoadError(_offline_hint(cfg.name, path)) from err
 
 
 def _no_weights(name: str) -> str:
@@ -228,11 +228,17 @@ def _reachable(url: str, timeout_s: float = 5.0) -> bool:
     return True
 
 
-def _offline_hint(name: str, path: str, err: BaseException) -> str:
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+def _offline_hint(name: str, path: str) -> str:
+    where = "it is not a local directory" if not Path(path).exists() else "the directory is invalid"
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    network = (
+        "HF_HUB_OFFLINE=1 forbids the download: unset it on a machine with network access"
+        if offline
+        else "the hub could not be reached"
+    )
     return (
-        f"cannot load model {name} from {path!r} ({first}): set model.path=<a dir saved with "
-        f"save_pretrained, or a hub id> ({OFFLINE_MODEL})"
+        f"cannot load model {name} from {path!r}: {where} and {network}, or set "
+        f"model.path=<local dir saved with save_pretrained> (or use model=minilm, shipped offline)"
     )
 
 

@@ -66,8 +66,9 @@ def run(
     """Train and evaluate one configuration; write results.json; return the validation metric.
 
     Everything that needs no data is checked first (`check`). A run whose `run_dir` already
-    holds complete results of the same config is skipped; one with a checkpoint continues from it. With `seeds: [..]`, each seed trains in `run_dir/seed_<s>`
-    and the mean validation metric is returned (one Optuna trial = the mean over seeds).
+    holds complete results of the same config is skipped; one with a checkpoint continues from
+    it. With `seeds: [..]`, each seed trains in `run_dir/seed_<s>` and the mean validation
+    metric is returned (one Optuna trial = the mean over seeds).
     `group` and `name` label the run for trackers (W&B group = the sweep, name = the overrides).
     Inside `deferred()`, the runs are queued instead (and nan returned).
     """
@@ -223,17 +224,17 @@ def _train(
 
 def check(cfg: DictConfig) -> None:
     """Everything that can be checked without data, in a second or so, before anything is built:
-    root values, the device, the model's weights against the variant, the adapter against the
-    architecture, the task's keys and types, the logger's login. Raises a UserError."""
+    root values, the device, the task's keys and types, the model's weights against the variant,
+    the adapter against the architecture, the logger's login. Raises a UserError."""
     _validate(cfg)
     _check_device(cfg.device)
     variant = variants.VariantConfig(**_plain(cfg.variant))
     model_cfg = models.ModelConfig(**_plain(cfg.model))
+    tokenizer = models.resolve_path(model_cfg.path) if model_cfg.path else None
+    tasks.check(_plain(cfg.task), tokenizer)
     _target(model_cfg._target_, "model._target_")
     model_type = models.check(model_cfg, pretrained=variant.pretrained)
     schemes.check(schemes.SchemeConfig(**_plain(cfg.scheme)), model_type)
-    tokenizer = models.resolve_path(model_cfg.path) if model_cfg.path else None
-    tasks.check(_plain(cfg.task), tokenizer)
     record.check_tracker(_plain(cfg.logger))
 
 

@@ -19,7 +19,9 @@ METRICS = "metrics.jsonl"
 # Root keys and group choices that do not change a run's results: left out of its config hash
 # and, through conf/config.yaml's `${not_hashed:}`, out of its multirun directory name (so a
 # relaunch with progress=false still finds its runs). `sweep=<option>` only sets Hydra's sweeper.
-NOT_HASHED = ("cache_dir", "checkpoint_every", "debug", "log_every", "logger", "progress", "sweep")
+NOT_HASHED = frozenset(
+    {"cache_dir", "checkpoint_every", "debug", "log_every", "logger", "progress", "sweep"}
+)
 # A multirun directory name: the job's overrides as typed when short and path-safe, else a
 # readable cut plus a hash of the whole (same overrides, same directory).
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._,=+-]*")

@@ -49,7 +49,7 @@ class Case:
 
 def model_config(case: Case) -> models.ModelConfig:
     """The conf/model option of `case`, with its architecture and overrides applied."""
-    values = OmegaConf.to_container(OmegaConf.load(CONF / "model" / f"{case.model}.yaml"))
+    values = _option("model", case.model)
     if case.arch is not None:
         values.update(path=None, arch=case.arch)
     values.update(case.model_overrides)
@@ -65,9 +65,16 @@ def variant_config(case: Case, pretrained: bool) -> variants.VariantConfig:
         ("unfrozen", False): "unfrozen_random",
     }
     name = names[(case.variant, pretrained)]
-    return variants.VariantConfig(
-        **OmegaConf.to_container(OmegaConf.load(CONF / "variant" / f"{name}.yaml"))
-    )
+    return variants.VariantConfig(**_option("variant", name))
+
+
+def _option(group: str, name: str) -> dict[str, Any]:
+    """conf/<group>/<name>.yaml as train.py composes it (with its schema's defaults)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"{group}={name}"])
+    return OmegaConf.to_container(cfg[group], resolve=True)  # type: ignore[return-value]
 
 
 def build_model(case: Case, spec: TaskSpec, device: torch.device) -> models.CrossModalModel:

@@ -2,7 +2,8 @@
 
 A task config names its builder in `_target_` (any importable function: no list to edit) and
 holds the builder's keyword arguments; `name` labels the task. Builders that take a `tokenizer`
-get the model's (its hub id or local dir).
+get the model's (its hub id or local dir). A config without `_target_` (in code) names a built-in
+builder by `name`: the public builders of this package's modules (`BUILDERS`, found, not listed).
 """
 
 from __future__ import annotations
@@ -18,17 +19,30 @@ from omegaconf.errors import OmegaConfBaseException
 from xmodal_ft.tasks.base import DataError, Split, TaskData, TaskSpec
 from xmodal_ft.tasks.cache import cached, tokenizer_key
 
-__all__ = ["DataError", "Split", "TaskData", "TaskSpec", "build", "builder", "check"]
+__all__ = ["BUILDERS", "DataError", "Split", "TaskData", "TaskSpec", "build", "builder", "check"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "BUILDERS":  # {name: builder} of the built-in tasks, found in this package
+        from xmodal_ft.config import task_builders
+
+        return task_builders()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def builder(cfg: Mapping[str, Any]) -> Callable[..., TaskData]:
-    """The function that `cfg["_target_"]` names."""
+    """The function that `cfg["_target_"]` names, else the built-in builder called `name`."""
     target = cfg.get("_target_")
     if not target:
-        raise DataError(
-            f"task {cfg.get('name')} has no _target_: set task._target_=<module.function> (the "
-            "builder that returns TaskData; see docs/extending.md)"
-        )
+        from xmodal_ft.config import task_builders
+
+        built_in = task_builders()
+        if cfg.get("name") not in built_in:
+            raise DataError(
+                f"unknown task {cfg.get('name')!r}; choose one of: {', '.join(sorted(built_in))}, "
+                "or set task._target_=<module.function> (docs/extending.md)"
+            )
+        return built_in[cfg["name"]]
     try:
         return get_method(target)
     except Exception as err:  # Hydra's locate error: module or attribute missing
@@ -45,8 +59,8 @@ def check(cfg: Mapping[str, Any], tokenizer: str | None = None) -> None:
         OmegaConf.merge(OmegaConf.structured(task_schema(fn)), plain)
     except OmegaConfBaseException as err:
         raise DataError(
-            f"task {cfg.get('name')} ({cfg['_target_']}): {err}; its keys are the builder's "
-            f"keyword arguments: {', '.join(_keys(fn))}"
+            f"task {cfg.get('name')} ({fn.__module__}.{fn.__qualname__}): {err}; its keys are the "
+            f"builder's keyword arguments: {', '.join(_keys(fn))}"
         ) from err
     if "tokenizer" in inspect.signature(fn).parameters and tokenizer is None:
         raise DataError(
@@ -65,7 +79,7 @@ def build(
     check(cfg, tokenizer)
     params = {k: v for k, v in cfg.items() if k not in ("_target_", "name")}
     fn = builder(cfg)
-    key = {"name": cfg["name"], "_target_": cfg["_target_"], **params}
+    key = {"name": cfg["name"], "_target_": f"{fn.__module__}.{fn.__qualname__}", **params}
     if "tokenizer" in inspect.signature(fn).parameters:
         params["tokenizer"] = tokenizer
         key["tokenizer"] = tokenizer_key(tokenizer)  # type: ignore[arg-type]

@@ -34,8 +34,8 @@ def cache_key(params: dict[str, Any]) -> str:
 
 
 def tokenizer_key(path: str) -> str:
-    """What identifies a tokenizer in a cache key: a hub id as given; for a local directory a
-    hash of its top-level files but weights (the same copy installed elsewhere gives the same key)."""
+    """What identifies a tokenizer in a cache key: a hub id as given; for a local directory a hash
+    of its top-level files but weights (a copy installed elsewhere gives the same key)."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
         return path

@@ -1,0 +1,46 @@
+"""GLUE RTE (Dagan et al. 2006; Wang et al. 2019): does sentence 1 entail sentence 2?
+
+The worked example of docs/extending.md: this module and conf/task/rte.yaml are the whole task.
+`source` is a hub dataset (GLUE's config rte) or a local dir saved by `DatasetDict.save_to_disk`
+with splits train and validation (columns sentence1, sentence2, label: 0 entailment, 1 not).
+"""
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer
+
+from xmodal_ft.tasks.base import DataError, Split, TaskData, TaskSpec, carve_validation
+
+
+def rte(
+    *, tokenizer: str, source: str = "nyu-mll/glue", max_len: int = 256, val_size: float = 277,
+    split_seed: int = 0,
+) -> TaskData:  # fmt: skip
+    """2,490 train pairs (validation carved from them); GLUE hides test labels: dev is the test."""
+    from datasets import load_dataset, load_from_disk  # slow import: only when built
+
+    local = Path(source).expanduser()
+    try:
+        data = load_from_disk(local) if local.is_dir() else load_dataset(source, "rte")
+    except Exception as err:  # offline, unknown id, not a saved dataset: one fix for all
+        raise DataError(f"cannot load RTE from {source} ({err}); set task.source=<a dir "
+                        "saved by DatasetDict.save_to_disk>") from err  # fmt: skip
+    tok = AutoTokenizer.from_pretrained(tokenizer)
+    pad_id = tok.pad_token_id or 0
+
+    def encode(rows: Any) -> Split:  # pairs as [CLS] s1 [SEP] s2 [SEP], right-padded
+        pairs = tok(list(rows["sentence1"]), list(rows["sentence2"]), truncation=True,
+                    max_length=max_len)["input_ids"]  # fmt: skip
+        lengths = torch.tensor([len(ids) for ids in pairs])
+        x = torch.full((len(pairs), int(lengths.max())), pad_id, dtype=torch.int32)
+        for i, ids in enumerate(pairs):
+            x[i, : len(ids)] = torch.tensor(ids)
+        return Split(x, torch.tensor(list(rows["label"])), lengths)
+
+    train, val = carve_validation(encode(data["train"]), val_size, split_seed)
+    test = encode(data["validation"])
+    seq_len = max(int(split.lengths.max()) for split in (train, val, test))
+    spec = TaskSpec("rte", 2, "text", seq_len=seq_len, vocab_size=len(tok), pad_id=pad_id)
+    return TaskData(spec, train, val, test)
