@@ -16,6 +16,7 @@ from hydra.utils import get_method
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from xmodal_ft.errors import one_line
 from xmodal_ft.tasks.base import DataError, Split, TaskData, TaskSpec
 from xmodal_ft.tasks.cache import cached, tokenizer_key
 
@@ -59,7 +60,8 @@ def check(cfg: Mapping[str, Any], tokenizer: str | None = None) -> None:
         OmegaConf.merge(OmegaConf.structured(task_schema(fn)), plain)
     except OmegaConfBaseException as err:
         raise DataError(
-            f"task {cfg.get('name')} ({fn.__module__}.{fn.__qualname__}): {err}; its keys are the "
+            f"task {cfg.get('name')} ({fn.__module__}.{fn.__qualname__}): {one_line(str(err))}; "
+            "its keys are the "
             f"builder's keyword arguments: {', '.join(_keys(fn))}"
         ) from err
     if "tokenizer" in inspect.signature(fn).parameters and tokenizer is None:

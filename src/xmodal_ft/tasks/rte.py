@@ -11,12 +11,12 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer
 
-from xmodal_ft.tasks.base import DataError, Split, TaskData, TaskSpec, carve_validation
+from xmodal_ft.tasks.base import DataError, Split, TaskData, TaskSpec, carve_validation, subsample
 
 
 def rte(
     *, tokenizer: str, source: str = "nyu-mll/glue", max_len: int = 256, val_size: float = 277,
-    split_seed: int = 0,
+    split_seed: int = 0, n_train: int | None = None,
 ) -> TaskData:  # fmt: skip
     """2,490 train pairs (validation carved from them); GLUE hides test labels: dev is the test."""
     from datasets import load_dataset, load_from_disk  # slow import: only when built
@@ -40,6 +40,7 @@ def rte(
         return Split(x, torch.tensor(list(rows["label"])), lengths)
 
     train, val = carve_validation(encode(data["train"]), val_size, split_seed)
+    train = subsample(train, n_train, split_seed)  # n_train: a quick run on fewer pairs
     test = encode(data["validation"])
     seq_len = max(int(split.lengths.max()) for split in (train, val, test))
     spec = TaskSpec("rte", 2, "text", seq_len=seq_len, vocab_size=len(tok), pad_id=pad_id)
