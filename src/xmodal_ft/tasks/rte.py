@@ -6,9 +6,9 @@ with splits train and validation (columns sentence1, sentence2, label: 0 entailm
 """
 
 from pathlib import Path
-from typing import Any
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 from transformers import AutoTokenizer
 
 from xmodal_ft.tasks.base import DataError, Split, TaskData, TaskSpec, carve_validation, subsample
@@ -21,27 +21,22 @@ def rte(
     """2,490 train pairs (validation carved from them); GLUE hides test labels: dev is the test."""
     from datasets import load_dataset, load_from_disk  # slow import: only when built
 
-    local = Path(source).expanduser()
     try:
-        data = load_from_disk(local) if local.is_dir() else load_dataset(source, "rte")
+        data = load_from_disk(source) if Path(source).is_dir() else load_dataset(source, "rte")
     except Exception as err:  # offline, unknown id, not a saved dataset: one fix for all
-        raise DataError(f"cannot load RTE from {source} ({err}); set task.source=<a dir "
-                        "saved by DatasetDict.save_to_disk>") from err  # fmt: skip
+        raise DataError(f"cannot load RTE from {source} ({err}): set task.source=<a dir saved "
+                        "by DatasetDict.save_to_disk>") from err  # fmt: skip
     tok = AutoTokenizer.from_pretrained(tokenizer)
     pad_id = tok.pad_token_id or 0
 
-    def encode(rows: Any) -> Split:  # pairs as [CLS] s1 [SEP] s2 [SEP], right-padded
-        pairs = tok(list(rows["sentence1"]), list(rows["sentence2"]), truncation=True,
-                    max_length=max_len)["input_ids"]  # fmt: skip
-        lengths = torch.tensor([len(ids) for ids in pairs])
-        x = torch.full((len(pairs), int(lengths.max())), pad_id, dtype=torch.int32)
-        for i, ids in enumerate(pairs):
-            x[i, : len(ids)] = torch.tensor(ids)
-        return Split(x, torch.tensor(list(rows["label"])), lengths)
+    def encode(rows) -> Split:  # pairs as [CLS] s1 [SEP] s2 [SEP], right-padded
+        ids = tok(list(rows["sentence1"]), list(rows["sentence2"]), truncation=True,
+                  max_length=max_len)["input_ids"]  # fmt: skip
+        x = pad_sequence([torch.tensor(row) for row in ids], True, pad_id).int()
+        return Split(x, torch.tensor(list(rows["label"])), torch.tensor([len(r) for r in ids]))
 
     train, val = carve_validation(encode(data["train"]), val_size, split_seed)
-    train = subsample(train, n_train, split_seed)  # n_train: a quick run on fewer pairs
     test = encode(data["validation"])
     seq_len = max(int(split.lengths.max()) for split in (train, val, test))
-    spec = TaskSpec("rte", 2, "text", seq_len=seq_len, vocab_size=len(tok), pad_id=pad_id)
-    return TaskData(spec, train, val, test)
+    spec = TaskSpec("rte", 2, "text", seq_len, vocab_size=len(tok), pad_id=pad_id)
+    return TaskData(spec, subsample(train, n_train, split_seed), val, test)
