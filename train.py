@@ -5,7 +5,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from xmodal_ft import errors, run  # importing xmodal_ft registers conf/'s schemas (config.py)
+from xmodal_ft import errors, logs, run  # importing xmodal_ft registers conf/'s schemas (config.py)
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
@@ -18,4 +18,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    logs.quiet()  # before Hydra imports a sweeper (optuna): third-party notices that ask nothing
     errors.main(main)  # user errors (and Hydra's) end in one line; HYDRA_FULL_ERROR=1: traceback

@@ -23,6 +23,7 @@ from xmodal_ft import (
     allocator,
     engine,
     lockstep,
+    logs,
     models,
     papers,
     record,
@@ -73,6 +74,7 @@ def run(
     Inside `deferred()`, the runs are queued instead (and nan returned).
     """
     run_dir = Path(run_dir)
+    logs.quiet()
     check(cfg)
     specs = [RunSpec(cfg, run_dir, choices, group, name)]
     if cfg.get("seeds"):
@@ -111,6 +113,7 @@ def train(
     return each run's validation metric. Runs whose directory holds complete results of the same
     config are skipped. At most `max_runs` train at once (None: `lockstep.max_runs`, from the
     model and batch shape); `launcher` is recorded in results.json."""
+    logs.quiet()
     values: dict[int, float] = {}
     todo = []
     for i, spec in enumerate(specs):
@@ -187,10 +190,7 @@ def _train(
     allocator.keep_freed_memory()
     layout = lockstep.build(built, rng_states)
     models.speed_up(layout.model, grad_checkpointing=cfg.grad_checkpointing, compile=cfg.compile)
-    log.info(
-        "device %s | task %s | model %s | variant %s | scheme %s | %d run(s)",
-        device, data.spec.name, cfg.model.name, cfg.variant.name, cfg.scheme.name, len(specs),
-    )  # fmt: skip
+    log.info("%s", banner(specs, data, params, device, fit_cfgs[0].max_steps))
     metric = data.spec.metrics[0]
     tags = [str(cfg[g].name) for g in ("task", "model", "variant", "scheme")]
     trackers, paths, keys = [], [], []
@@ -293,7 +293,6 @@ def _fit_config(cfg: DictConfig, steps_per_epoch: int) -> FitConfig:
     max_steps = cfg.max_steps
     if cfg.max_epochs is not None:
         max_steps = max(1, cfg.max_epochs * steps_per_epoch)
-        log.info("max_epochs=%d: %d steps of batch %d", cfg.max_epochs, max_steps, cfg.batch_size)
     return FitConfig(
         batch_size=cfg.batch_size,
         max_steps=max_steps,
@@ -306,6 +305,48 @@ def _fit_config(cfg: DictConfig, steps_per_epoch: int) -> FitConfig:
         seed=cfg.seed,
         progress=cfg.progress,
         checkpoint_every=cfg.checkpoint_every,
+    )
+
+
+def banner(
+    specs: Sequence[RunSpec],
+    data: tasks.TaskData,
+    params: dict[str, int],
+    device: torch.device,
+    max_steps: int,
+) -> str:
+    """The one line a run (or a lockstep group) announces itself with: model and variant with the
+    trainable parameters, scheme, data sizes, budget, device and precision, LRs and seeds."""
+    cfg = specs[0].cfg
+    weights = f"pretrained {cfg.model.path}" if cfg.variant.pretrained else "random init"
+    trainable = f"{params['trainable']:,} of {params['total']:,} parameters trainable"
+    share = f"{100 * params['trainable'] / params['total']:.2f}%"
+    scheme = [schemes.optimizer_name(schemes.SchemeConfig(**_plain(cfg.scheme)))]
+    if cfg.scheme.adapter != "none":
+        scheme.append(f"adapter {cfg.scheme.adapter}: {params.get('adapter', 0):,} parameters")
+    if cfg.scheme.schedule != "constant":
+        scheme.append(f"schedule {cfg.scheme.schedule}")
+    val = f"{len(data.val):,} val"
+    if cfg.val_subset is not None and cfg.val_subset < len(data.val):
+        val += f" ({cfg.val_subset:,} scored per pass)"
+    budget = f"{max_steps:,} steps of batch {cfg.batch_size}"
+    if cfg.max_epochs is not None:
+        budget += f" (max_epochs={cfg.max_epochs})"
+    precision = "fp32"
+    if isinstance(cast := engine.autocast(device), torch.autocast):
+        precision = f"{str(cast.fast_dtype).removeprefix('torch.')} autocast"
+    if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+        precision += ", TF32 matmuls"
+    lrs = sorted({float(spec.cfg.lr) for spec in specs})
+    seeds = sorted({int(spec.cfg.seed) for spec in specs})
+    runs = f"lr {', '.join(f'{lr:g}' for lr in lrs)}; seed {', '.join(map(str, seeds))}"
+    if len(specs) > 1:
+        runs = f"{len(specs)} runs at once ({runs})"
+    return (
+        f"model {cfg.model.name} ({weights}), variant {cfg.variant.name}: {trainable} ({share}) | "
+        f"scheme {cfg.scheme.name} ({', '.join(scheme)}) | task {data.spec.name}: "
+        f"{len(data.train):,} train, {val}, {len(data.test):,} test | {budget} | "
+        f"device {device}, {precision} | {runs}"
     )
 
 

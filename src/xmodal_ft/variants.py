@@ -27,7 +27,7 @@ def apply(model: nn.Module, cfg: VariantConfig) -> dict[str, int]:
             f"variant {cfg.name}: no parameter matches trainable={list(cfg.trainable)}"
         )
     counts = count_parameters(model)
-    log.info(
+    log.debug(  # the run's banner (recipe.banner) gives the count after adapters
         "variant %s: %s of %s parameters trainable (%.2f%%)",
         cfg.name,
         f"{counts['trainable']:,}",
