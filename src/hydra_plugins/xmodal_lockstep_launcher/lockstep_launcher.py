@@ -5,7 +5,10 @@ Each job first goes through Hydra's `run_job` (run dir, `.hydra/` files, job log
 `xmodal_ft.recipe.deferred()` active, so `train.py` queues the job's runs instead of training them.
 The queued runs are grouped (`xmodal_ft.groups`) and each group trains with `recipe.train`; the
 jobs' return values (the validation metric, the mean over `seeds`) are then filled in, so sweepers
-(Optuna) read them as from any launcher. A group that fails marks its jobs failed.
+(Optuna) read them as from any launcher. A group that fails marks its jobs failed: a user error
+(`xmodal_ft.errors.UserError`, e.g. a scheme lockstep refuses) is logged as one line, anything else
+with its traceback; the sweeper then re-raises it and `train.py` ends as for any failed job.
+While a group trains, the console shows its records in the job log's format (`LOG_FORMAT`).
 """
 
 import logging
@@ -62,6 +65,7 @@ class LockstepLauncher(Launcher):
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
         from xmodal_ft import groups, recipe
+        from xmodal_ft.errors import UserError
 
         assert self.config is not None and self.hydra_context is not None
         setup_globals()
@@ -93,14 +97,18 @@ class LockstepLauncher(Launcher):
         job_of = [job for job, queue in enumerate(queues) for _ in queue]
         values: list[float | BaseException] = [math.nan] * len(specs)
         for members in groups.group(specs):
-            log.info(f"Training jobs {sorted({job_of[i] for i in members})} together")
+            jobs = sorted({job_of[i] for i in members})
+            log.info(f"Training jobs {jobs} together")
             with _job_logs({_log_file(returns[job_of[i]]) for i in members}):
                 try:
                     trained = recipe.train(
                         [specs[i] for i in members], launcher="lockstep", max_runs=self.max_runs
                     )
-                except Exception as err:  # the sweeper re-raises it when it reads the result
-                    log.exception("lockstep group failed")
+                except UserError as err:  # the sweeper re-raises it when it reads the result
+                    log.error(f"jobs {jobs} not trained: {err}")
+                    trained = [err] * len(members)
+                except Exception as err:  # a bug: its traceback belongs in the log
+                    log.exception(f"jobs {jobs} failed")
                     trained = [err] * len(members)
             for i, value in zip(members, trained, strict=True):
                 values[i] = value
@@ -123,15 +131,23 @@ def _log_file(ret: JobReturn) -> Path:
 
 @contextmanager
 def _job_logs(paths: set[Path]) -> Iterator[None]:
-    """Append the group's log records to each member job's log file while it trains."""
+    """Append the group's log records to each member job's log file while it trains, and show
+    them on the console in the same format (Hydra's own lines keep its `[HYDRA]` format)."""
     root = logging.getLogger()
     handlers = [logging.FileHandler(path, mode="a") for path in sorted(paths)]
+    formatter = logging.Formatter(LOG_FORMAT)
     for handler in handlers:
-        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler.setFormatter(formatter)
         root.addHandler(handler)
+    consoles = [h for h in root.handlers if type(h) is logging.StreamHandler]
+    formats = [h.formatter for h in consoles]
+    for console in consoles:
+        console.setFormatter(formatter)
     try:
         yield
     finally:
+        for console, previous in zip(consoles, formats, strict=True):
+            console.setFormatter(previous)
         for handler in handlers:
             root.removeHandler(handler)
             handler.close()
