@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xmodal_ft.bench.sweep import LRS, ROOT
+from benchmarks.sweep import LRS, ROOT
 
-log = logging.getLogger("xmodal_ft.bench")
+log = logging.getLogger("benchmarks")
 MNIST_DIR = Path(os.environ.get("XMODAL_FT_MNIST", ROOT.parent / "shared" / "data" / "mnist"))
 GPT2_4X256 = ["model=tiny_gpt2", "model.arch.n_layer=4", "model.arch.n_head=4",
               "model.arch.n_embd=256"]  # fmt: skip
@@ -67,10 +67,16 @@ def lockstep_sweeps(quick: bool, only: set[str] | None = None) -> list[dict[str,
     rates, peak memory."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        gpt2_dir = _save_gpt2_small(Path(tmp) / "gpt2")
-        for i, case in enumerate(cases(quick, gpt2_dir)):
-            if only is not None and case.name not in only:
-                continue
+        gpt2_dir = Path(tmp) / "gpt2"
+        names = [case.name for case in cases(quick, gpt2_dir)]
+        if only is not None and not only <= set(names):
+            raise ValueError(f"unknown lockstep cases {sorted(only - set(names))}; cases: {names}")
+        chosen = [
+            (i, c) for i, c in enumerate(cases(quick, gpt2_dir)) if not only or c.name in only
+        ]
+        if any(f"model.path={gpt2_dir}" in case.overrides for _, case in chosen):
+            _save_gpt2_small(gpt2_dir)
+        for i, case in chosen:
             runs = {}
             for launcher in ("basic", "lockstep"):
                 runs[launcher] = _sweep(case, launcher, Path(tmp) / f"case{i}-{launcher}")

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[3]
+from benchmarks.cases import ROOT
+
 LRS = [f"{10 ** (-6 + 0.5 * i):.3g}" for i in range(9)]  # 1e-6 .. 1e-2, log-spaced
 SEEDS = "0,1,2"
 
