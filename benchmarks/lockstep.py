@@ -94,7 +94,7 @@ def _sweep(case: SweepCase, launcher: str, sweep_dir: Path) -> dict[str, Any]:
         else ["task=digits"]
     )
     cmd = [
-        sys.executable, str(ROOT / "train.py"), "-m",
+        sys.executable, "train.py", "-m",  # in ROOT, the working directory
         f"lr={','.join(LRS[-case.lrs:])}", "seed=0,1,2", *case.overrides, *task,
         f"max_steps={case.steps}", f"eval_every={case.steps}", "progress=false",
         f"hydra.sweep.dir={sweep_dir}", f"hydra/launcher={launcher}",

@@ -29,7 +29,7 @@ def sweep_overhead(
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [
             sys.executable,
-            str(ROOT / "train.py"),
+            "train.py",  # in ROOT, the working directory
             "-m",
             f"lr={','.join(LRS)}",
             f"seed={SEEDS}",
