@@ -193,3 +193,21 @@ class KillAt:
     def summary(self, values: dict) -> None: ...
 
     def close(self) -> None: ...
+
+
+class Recorder:
+    """A tracker that keeps every logged record, as (step, values)."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[int, dict[str, float]]] = []
+
+    def log(self, values: dict[str, float], step: int) -> None:
+        self.records.append((step, dict(values)))
+
+    def series(self, key: str) -> list[tuple[int, float]]:
+        """(step, value) of every record holding `key`, e.g. "train/loss"."""
+        return [(step, values[key]) for step, values in self.records if key in values]
+
+    def summary(self, values: dict) -> None: ...
+
+    def close(self) -> None: ...
