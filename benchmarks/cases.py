@@ -28,7 +28,8 @@ ABLATIONS = ("foreach_adam", "glibc_free")  # always-on optimisations turned off
 
 @dataclass(frozen=True)
 class Case:
-    """One benchmark case. `model` names a conf/model option; `arch` replaces its architecture."""
+    """One benchmark case. `model` names a conf/model option; `arch` sets keys of its
+    architecture (random init: GPT2_SMALL is GPT-2 small's, the hub weights not needed)."""
 
     name: str
     model: str
@@ -60,9 +61,8 @@ def overrides(case: Case, pretrained: bool) -> list[str]:
     """The case as `train.py` command-line overrides (the task aside: `synthetic_task_config`);
     FPT and unfrozen on the model's pretrained weights or, without them, a random init."""
     out = [f"model={case.model}"]
-    if case.arch is not None:
-        arch = ",".join(f"{k}:{v}" for k, v in case.arch.items())
-        out += ["model.path=null", f"model.arch={{{arch}}}"]
+    if case.arch is not None:  # random init of an architecture: `model_type` and its keys
+        out += ["model.path=null", *(f"++model.arch.{k}={_value(v)}" for k, v in case.arch.items())]
     out += [f"model.{k}={_value(v)}" for k, v in case.model_overrides.items()]
     variant = {
         ("fpt", True): "fpt",

@@ -408,7 +408,7 @@ def test_failures_of_seed_runs_are_listed_by_seed_dir(tmp_path) -> None:
     [failure] = report.failed_runs([tmp_path])
     assert failure.path == job / "seed_1"
     assert failure.run == "lr=0.01,seeds=[0,1]"  # the job's overrides
-    assert failure.error == "nothing logged: failed before training, or still starting"
+    assert failure.error == "last logged step 10"  # the half-written record after it ignored
 
 
 def test_a_sweep_whose_runs_all_failed_lists_the_failures(tmp_path, capsys) -> None:

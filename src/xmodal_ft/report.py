@@ -118,7 +118,8 @@ def failed_runs(dirs: list[Path]) -> list[Failure]:
     for directory in dirs:
         if not directory.is_dir():
             continue
-        for path in sorted(directory.rglob(RESULTS)):
+        results = sorted(directory.rglob(RESULTS))
+        for path in results:
             try:
                 payload = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
@@ -130,12 +131,12 @@ def failed_runs(dirs: list[Path]) -> list[Failure]:
                 )
         marks = (".hydra", METRICS, "checkpoint-*.pt")
         run_dirs = {p.parent for mark in marks for p in directory.rglob(mark)}
-        for run_dir in sorted(run_dirs):
-            below = any(other != run_dir and run_dir in other.parents for other in run_dirs)
-            if not below and not any(run_dir.rglob(RESULTS)):  # seed dirs speak for their job
-                failures.append(
-                    Failure(run_dir, _overrides(run_dir), "no results.json", _traces(run_dir))
-                )
+        with_results = {d for path in results for d in (path.parent, *path.parents)}
+        with_runs_below = {d for run_dir in run_dirs for d in run_dir.parents}  # a job's seeds
+        for run_dir in sorted(run_dirs - with_results - with_runs_below):
+            failures.append(
+                Failure(run_dir, _overrides(run_dir), "no results.json", _traces(run_dir))
+            )
     return failures
 
 
@@ -159,10 +160,10 @@ def _traces(run_dir: Path) -> str:
         errors = [line for line in _lines(log_file) if "[ERROR]" in line]
         if errors:
             traces.append(errors[-1].split("] - ", 1)[-1].strip())
-    steps = [line for line in _lines(run_dir / METRICS) if line.strip()]
-    if steps:
-        with contextlib.suppress(ValueError, KeyError, TypeError):  # a half-written last line
-            traces.append(f"last logged step {json.loads(steps[-1])['step']}")
+    for line in reversed(_lines(run_dir / METRICS)):  # the last complete record
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            traces.append(f"last logged step {int(json.loads(line)['step'])}")
+            break
     if any(run_dir.glob("checkpoint-*.pt")):
         traces.append("a checkpoint: relaunching into this sweep dir resumes it")
     return "; ".join(traces) or "nothing logged: failed before training, or still starting"
