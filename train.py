@@ -5,16 +5,17 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from xmodal_ft import run  # also registers the run_key resolver used by hydra.sweep.subdir
+from xmodal_ft import errors, run  # importing xmodal_ft registers conf/'s schemas (config.py)
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
-    group = hc.sweep.dir if hc.mode == RunMode.MULTIRUN else None
-    name = hc.job.override_dirname or None
-    return run(cfg, hc.runtime.output_dir, hc.runtime.choices, group=group, name=name)
+    multirun = hc.mode == RunMode.MULTIRUN
+    with errors.reported(debug=cfg.debug, multirun=multirun):
+        group, name = (hc.sweep.dir if multirun else None), hc.job.override_dirname or None
+        return run(cfg, hc.runtime.output_dir, hc.runtime.choices, group=group, name=name)
 
 
 if __name__ == "__main__":
-    main()
+    errors.main(main)  # user errors (and Hydra's) end in one line; HYDRA_FULL_ERROR=1: traceback

@@ -1,8 +1,8 @@
 """Benchmark cases: a model, a variant and a token shape, as the run config `train.py` composes.
 
 A case becomes `train.py`'s own config: conf/config.yaml composed with the case's overrides, on
-a synthetic task of the case's shape (`synthetic`, added to the tasks as `synthetic`), so what
-the benchmark trains is what `python train.py <overrides>` trains.
+a synthetic task of the case's shape (`task._target_=benchmarks.cases.synthetic`), so what the
+benchmark trains is what `python train.py <overrides>` trains.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from typing import Any
 
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from xmodal_ft import models, tasks, variants
+from xmodal_ft import config, models, variants
 from xmodal_ft.tasks.base import Split, TaskData, TaskSpec
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: conf/, train.py
@@ -100,6 +101,7 @@ def run_config(case: Case) -> tuple[DictConfig, list[str]]:
 
 
 def _compose(args: list[str]) -> tuple[DictConfig, list[str]]:
+    config.register()  # conf/'s schemas, as `from xmodal_ft import run` registers them for train.py
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name="config", overrides=args), args
 
@@ -107,11 +109,11 @@ def _compose(args: list[str]) -> tuple[DictConfig, list[str]]:
 def synthetic_task_config(case: Case) -> dict[str, Any]:
     """The task config of `case`'s synthetic task, with a train split for every step."""
     n_train = case.batch * (case.warmup + case.steps)
-    return {"name": "synthetic", "seq_len": case.seq_len, "token_dim": case.token_dim,
-            "n_train": n_train}  # fmt: skip
+    return {"_target_": f"{__name__}.synthetic", "name": "synthetic", "seq_len": case.seq_len,
+            "token_dim": case.token_dim, "n_train": n_train}  # fmt: skip
 
 
-def synthetic(seq_len: int, token_dim: int, n_train: int) -> TaskData:
+def synthetic(*, seq_len: int, token_dim: int, n_train: int) -> TaskData:
     """Uniform [0, 1) tokens of one shape with random labels over 10 classes (seeded)."""
     spec = TaskSpec(
         f"synthetic_{seq_len}x{token_dim}",
@@ -130,12 +132,9 @@ def synthetic(seq_len: int, token_dim: int, n_train: int) -> TaskData:
     return TaskData(spec, split(n_train), split(1), split(1))  # eval costs ~nothing
 
 
-tasks.BUILDERS.setdefault("synthetic", synthetic)  # a task like any other: task.name=synthetic
-
-
 def synthetic_task(case: Case, n_train: int) -> TaskData:
     """The synthetic task of `case`'s shape with `n_train` training examples."""
-    return synthetic(case.seq_len, case.token_dim, n_train)
+    return synthetic(seq_len=case.seq_len, token_dim=case.token_dim, n_train=n_train)
 
 
 def build_model(case: Case, spec: TaskSpec, device: torch.device) -> models.CrossModalModel:
@@ -145,9 +144,9 @@ def build_model(case: Case, spec: TaskSpec, device: torch.device) -> models.Cros
     cfg, _ = run_config(case)
     plain = OmegaConf.to_container(cfg, resolve=True)
     variant = variants.VariantConfig(**plain["variant"])
-    model = models.build(
-        models.ModelConfig(**plain["model"]), spec, pretrained=variant.pretrained, seed=cfg.seed
-    )
+    model_cfg = models.ModelConfig(**plain["model"])
+    build = get_method(model_cfg._target_)  # models.build, unless the model option names another
+    model = build(model_cfg, spec, pretrained=variant.pretrained, seed=cfg.seed)
     variants.apply(model, variant)
     model.to(device)
     models.speed_up(model, grad_checkpointing=case.grad_checkpointing, compile=case.compile)

@@ -16,9 +16,12 @@ from omegaconf import DictConfig, open_dict  # noqa: E402
 from transformers import AutoConfig, AutoModel  # noqa: E402
 
 from glue_helpers import save_tiny_text_model  # noqa: E402
-from xmodal_ft import models  # noqa: E402
+from xmodal_ft import config, models  # noqa: E402
 from xmodal_ft.record import write_results  # noqa: E402
 from xmodal_ft.tasks.base import Split, TaskData, TaskSpec  # noqa: E402
+
+# conf/'s schemas in Hydra's ConfigStore, for every test that composes conf/ (train.py: `run`).
+config.register()
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")

@@ -21,8 +21,8 @@ def test_every_case_is_a_train_py_config(section: str) -> None:
         case = job.case
         cfg, overrides = run_config(case)
         assert overrides[0] == f"model={case.model}" and f"lr={case.lr}" in overrides
-        assert cfg.task == {"name": "synthetic", "seq_len": case.seq_len,
-                            "token_dim": case.token_dim,
+        assert cfg.task == {"_target_": "benchmarks.cases.synthetic", "name": "synthetic",
+                            "seq_len": case.seq_len, "token_dim": case.token_dim,
                             "n_train": case.batch * (case.warmup + case.steps)}  # fmt: skip
         assert (cfg.max_steps, cfg.eval_every) == (case.warmup + case.steps, cfg.max_steps + 1)
         assert cfg.variant.pretrained == (cfg.model.path is not None)  # FPT: frozen_random

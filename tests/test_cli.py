@@ -32,11 +32,30 @@ def test_default_run_is_offline_and_writes_results(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_bad_input_fails_with_one_clear_message(tmp_path: Path) -> None:
-    proc = train(tmp_path, "lr=0", "max_steps=1")
-    assert proc.returncode != 0 and "lr=0 must be > 0" in proc.stderr
+def test_bad_input_fails_with_one_clear_line(tmp_path: Path) -> None:
+    """As users type it (tests/test_errors.py drives the whole matrix in-process)."""
+    for args, line in [
+        (["lr=0"], "error: lr=0.0 must be > 0 (e.g. lr=1e-4)"),
+        (["lr=abc"], "error: Error merging override lr=abc: Value 'abc' of type 'str' could not "
+                     "be converted to Float"),
+        (["model=tiny_gpt2", "task=listops"], "error: model tiny_gpt2 has no pretrained weights "
+         "(model.path=null): use a random-init variant (variant=unfrozen_random or "
+         "frozen_random), or set model.path=<hub id|dir>"),
+    ]:  # fmt: skip
+        proc = train(tmp_path, *args)
+        assert (proc.returncode, proc.stderr.splitlines()) == (1, [line])
     proc = train(tmp_path, "task=mnist", f"task.data_dir={tmp_path / 'absent'}")
-    assert proc.returncode != 0 and "task.data_dir" in proc.stderr
+    assert proc.returncode == 1 and len(proc.stderr.splitlines()) == 1
+    assert proc.stderr.startswith(f"error: task.data_dir {tmp_path / 'absent'} does not exist")
+    assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_cfg_job_prints_the_full_config(tmp_path: Path) -> None:
+    proc = train(tmp_path, "--cfg", "job")
+    assert proc.returncode == 0, proc.stderr
+    assert "_target_: xmodal_ft.tasks.images.digits" in proc.stdout
+    assert "input_gain: 1.41" in proc.stdout and "debug: false" in proc.stdout
 
 
 @pytest.mark.slow

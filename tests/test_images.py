@@ -312,6 +312,8 @@ def test_digits_n_train_subsamples_after_validation():
 def test_config_matches_builder_defaults(name):
     params = yaml.safe_load((CONF / f"{name}.yaml").read_text())
     assert params.pop("name") == name
+    assert params.pop("_target_") == f"xmodal_ft.tasks.images.{name}"
+    params.pop("defaults")  # the schema: derived from the builder (xmodal_ft.config)
     defaults = {p.name: p.default for p in inspect.signature(BUILDERS[name]).parameters.values()}
     assert params == defaults
 

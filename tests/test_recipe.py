@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 from hydra.errors import ConfigCompositionException
 
 from conftest import make_cfg, read_results
-from xmodal_ft import run
+from xmodal_ft import models, run, schemes
 from xmodal_ft.recipe import ConfigError
 from xmodal_ft.tasks import DataError
 
@@ -50,6 +51,29 @@ def test_unknown_group_option_lists_the_choices(override: str) -> None:
 
 
 def test_missing_data_dir_names_the_fix(tmp_path) -> None:
-    cfg = make_cfg("task=mnist", f"task.data_dir={tmp_path / 'absent'}")
+    cfg = make_cfg("task=mnist", f"task.data_dir={tmp_path / 'absent'}", "variant=unfrozen_random")
     with pytest.raises(DataError, match="data_dir"):
         run(cfg, run_dir=tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_model_and_scheme_targets_are_called(tmp_path, monkeypatch) -> None:
+    """`model._target_` and `scheme._target_` name the functions the recipe calls."""
+    calls = []
+
+    def build(cfg, spec, *, pretrained, seed):
+        calls.append(("model", cfg.name, pretrained, seed))
+        return models.build(cfg, spec, pretrained=pretrained, seed=seed)
+
+    def scheme(model, cfg, lr):
+        calls.append(("scheme", cfg.name, lr))
+        return schemes.fixed(model, cfg, lr)
+
+    monkeypatch.setattr(sys.modules[__name__], "my_build", build, raising=False)
+    monkeypatch.setattr(sys.modules[__name__], "my_scheme", scheme, raising=False)
+    here = __name__
+    cfg = make_cfg("variant=unfrozen_random", f"model._target_={here}.my_build",
+                   f"scheme._target_={here}.my_scheme", "scheme.name=mine", "seed=3")  # fmt: skip
+    run(cfg, run_dir=tmp_path)
+    assert calls == [("model", "tiny_gpt2", False, 3), ("scheme", "mine", 1e-3)]
+    assert read_results(tmp_path)["config"]["scheme"]["_target_"] == f"{__name__}.my_scheme"

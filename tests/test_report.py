@@ -456,9 +456,12 @@ def test_the_report_cli_runs_without_torch_or_transformers(tmp_path, args: list[
 def test_the_package_loads_the_recipe_only_when_run_is_asked_for() -> None:
     code = (
         "import sys; import xmodal_ft; from omegaconf import OmegaConf; "
-        "assert OmegaConf.has_resolver('run_key'); assert 'torch' not in sys.modules; "
+        "from hydra.core.config_store import ConfigStore; store = ConfigStore.instance().repo; "
+        "assert OmegaConf.has_resolver('run_key') and OmegaConf.has_resolver('not_hashed'); "
+        "assert 'torch' not in sys.modules and 'config_schema.yaml' not in store; "
         "from xmodal_ft import run; from xmodal_ft.recipe import run as recipe_run; "
-        "assert run is recipe_run is xmodal_ft.run; print('ok')"
+        "assert run is recipe_run is xmodal_ft.run; assert 'config_schema.yaml' in store; "
+        "print('ok')"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.stdout == "ok\n", proc.stderr

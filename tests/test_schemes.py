@@ -312,7 +312,7 @@ def test_unknown_scheme_on_the_command_line_lists_the_options() -> None:
 
 
 def test_decay_on_the_command_line_is_checked_before_training(tmp_path: Path) -> None:
-    with pytest.raises(SchemeError, match="scheme.decay=0 must be > 0"):
+    with pytest.raises(SchemeError, match="scheme.decay=0.0 must be > 0"):  # a float (schema)
         run(make_cfg("variant=frozen_random", "scheme=discriminative", "scheme.decay=0"), tmp_path)
     assert not (tmp_path / "results.json").exists()
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,13 +13,20 @@ from pathlib import Path
 def atomic_path(path: Path) -> Iterator[str]:
     """A temporary path beside `path` to write to; renamed over `path` if the block succeeds.
 
-    Readers see the old file or the complete new one, never a partial write.
+    Readers see the old file or the complete new one, never a partial write. The file gets the
+    mode an ordinary `open` gives (0o666 less the umask: group-readable under umask 022 or 002),
+    not tempfile's private 0o600.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:  # another writer drew the same name: draw again
+            continue
     try:
-        yield tmp
+        yield str(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import socket
 from pathlib import Path
-from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
 from xmodal_ft import inputs
+from xmodal_ft.config import ModelConfig
+from xmodal_ft.errors import UserError
 from xmodal_ft.tasks.augment import ImageAugment
 from xmodal_ft.tasks.base import TaskSpec
 
@@ -22,27 +24,16 @@ log = logging.getLogger(__name__)
 # cls: a learned token prepended to non-text inputs (encoders); on text, the tokenizer's [CLS]
 POOLINGS = ("last", "first", "mean", "cls")
 PACKAGE_SCHEME = "pkg://"
+OFFLINE_MODEL = "model=minilm works offline"
+__all__ = ["CrossModalModel", "ModelConfig", "ModelError", "ModelLoadError", "build", "check"]
 
 
-class ModelLoadError(RuntimeError):
+class ModelError(UserError, ValueError):
+    """A model option that does not fit the task or itself; the message names the fix."""
+
+
+class ModelLoadError(UserError, RuntimeError):
     """A backbone that cannot be loaded; the message names the fix."""
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """A model group option: where the weights live and how to read the backbone's output."""
-
-    name: str
-    path: str | None = None
-    arch: Mapping[str, Any] = field(default_factory=dict)
-    pooling: str = "last"
-    causal: bool = True
-    dropout: float | None = None
-    attn_dropout: float | None = None  # attention-probability dropout; None: as `dropout`
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
-    input_init: str = "default"  # default | orthogonal (Lu et al.: gain input_gain, zero bias)
-    input_gain: float = 1.41
-    input_dropout: float = 0.0  # on the input embeddings (Lu et al.: 0.1)
 
 
 class CrossModalModel(nn.Module):
@@ -57,14 +48,14 @@ class CrossModalModel(nn.Module):
         super().__init__()
         pooling, causal = cfg.pooling, cfg.causal
         if pooling not in POOLINGS:
-            raise ValueError(f"unknown pooling {pooling!r}; choose one of {POOLINGS}")
+            raise ModelError(f"unknown model.pooling {pooling!r}; choose one of {POOLINGS}")
         hidden = backbone.config.hidden_size
         self.backbone = backbone
         self.augment = ImageAugment(spec.augment) if spec.augment is not None else None
         self.input_layer = inputs.input_layer(spec, hidden, cfg.input_init, cfg.input_gain)
         if pooling == "cls" and self.input_layer is not None:
             if causal:
-                raise ValueError(
+                raise ModelError(
                     "model.pooling=cls needs a bidirectional encoder: in a causal model the "
                     "first token attends to nothing else; use model.pooling=last (GPT-2 family)"
                 )
@@ -94,8 +85,42 @@ class CrossModalModel(nn.Module):
         return self.output_layer(_pool(hidden, self.pooling, lengths, mask))
 
 
+def check(cfg: ModelConfig, *, pretrained: bool) -> str | None:
+    """Fail in a second, before any data is built, when the backbone cannot be loaded: a variant
+    that needs weights a model has not, a missing dir, a hub id that is neither in the local
+    Hugging Face cache nor downloadable (offline mode or no network; transformers would retry
+    for about 30 s). Return the model type (bert, gpt2, ...), None if unknown."""
+    if cfg.pooling not in POOLINGS:
+        raise ModelError(f"unknown model.pooling {cfg.pooling!r}; choose one of {POOLINGS}")
+    if cfg.path is None:
+        if pretrained:
+            raise ModelLoadError(_no_weights(cfg.name))
+        return cfg.arch.get("model_type")
+    path = resolve_path(cfg.path)
+    if Path(path).expanduser().is_dir():
+        if not (Path(path).expanduser() / "config.json").is_file():
+            raise ModelLoadError(
+                f"model.path={cfg.path}: {path} holds no config.json; point it at a dir written "
+                f"by save_pretrained (or a hub id), or use {OFFLINE_MODEL}"
+            )
+    elif path.startswith(("/", ".", "~")) or path.count("/") > 1:
+        raise ModelLoadError(
+            f"model.path={cfg.path}: no such directory; point it at a dir written by "
+            f"save_pretrained, or at a hub id such as openai-community/gpt2"
+        )
+    elif not _in_hub_cache(path):
+        _check_hub(cfg.name, path)
+    try:
+        return AutoConfig.from_pretrained(path).model_type
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(_offline_hint(cfg.name, path)) from err
+
+
 def build(cfg: ModelConfig, spec: TaskSpec, *, pretrained: bool, seed: int) -> CrossModalModel:
-    """The model of `cfg` on a pretrained backbone, or a seeded random init of its architecture."""
+    """The model of `cfg` on a pretrained backbone, or a seeded random init of its architecture.
+
+    The default `_target_` of a model option (ModelConfig); a model wrapper of your own takes the
+    same arguments (docs/extending.md)."""
     torch.manual_seed(seed)
     backbone = _load_backbone(cfg, pretrained)
     if spec.input_kind != "text":
@@ -134,14 +159,13 @@ def resolve_path(path: str) -> str:
 def _load_backbone(cfg: ModelConfig, pretrained: bool) -> PreTrainedModel:
     if cfg.path is None:
         if pretrained:
-            raise ModelLoadError(
-                f"model {cfg.name} has no pretrained weights (model.path=null): use a random-init "
-                "variant (variant=frozen_random or unfrozen_random) or set model.path=<hub id|dir>"
-            )
+            raise ModelLoadError(_no_weights(cfg.name))
         config = AutoConfig.for_model(**cfg.arch)
         _adjust(config, cfg)
         return AutoModel.from_config(config, attn_implementation="sdpa", **cfg.kwargs)
     path = resolve_path(cfg.path)
+    if not Path(path).expanduser().is_dir() and not _in_hub_cache(path):
+        _check_hub(cfg.name, path)  # fail now rather than after transformers' retries
     try:
         config = AutoConfig.from_pretrained(path)
         _adjust(config, cfg)
@@ -152,6 +176,56 @@ def _load_backbone(cfg: ModelConfig, pretrained: bool) -> PreTrainedModel:
         return AutoModel.from_config(config, attn_implementation="sdpa", **cfg.kwargs)
     except OSError as err:
         raise ModelLoadError(_offline_hint(cfg.name, path)) from err
+
+
+def _no_weights(name: str) -> str:
+    return (
+        f"model {name} has no pretrained weights (model.path=null): use a random-init variant "
+        "(variant=unfrozen_random or frozen_random), or set model.path=<hub id|dir>"
+    )
+
+
+def _offline() -> bool:
+    return any(
+        os.environ.get(key, "").upper() in ("1", "ON", "YES", "TRUE")
+        for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # an id the hub would reject: not cached
+        return False
+
+
+def _check_hub(name: str, repo_id: str) -> None:
+    """Raise unless `repo_id` can be downloaded: not offline, and the hub answers within 5 s."""
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    why = None
+    if _offline():
+        why = "HF_HUB_OFFLINE=1 forbids downloading it: unset it where the network is reachable"
+    elif not _reachable(endpoint):
+        why = f"the hub ({endpoint}) cannot be reached: connect to the network"
+    if why is not None:
+        raise ModelLoadError(
+            f"cannot load model {name} ({repo_id}): it is not in the local Hugging Face cache and "
+            f"{why}, or save it with save_pretrained and set model.path=<that dir> "
+            f"({OFFLINE_MODEL})"
+        )
+
+
+@functools.lru_cache
+def _reachable(url: str, timeout_s: float = 5.0) -> bool:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
 
 
 def _offline_hint(name: str, path: str) -> str:
@@ -208,7 +282,7 @@ def _check_positions(config: PretrainedConfig, spec: TaskSpec, name: str, extra:
     max_positions = getattr(config, "max_position_embeddings", None)
     if max_positions is not None and spec.seq_len + extra > max_positions:
         plus = f" plus {extra} [CLS] token" if extra else ""
-        raise ValueError(
+        raise ModelError(
             f"task {spec.name} has sequences of {spec.seq_len} tokens{plus} but model {name} has "
             f"{max_positions} positions: shorten the task (e.g. "
             f"task.max_len={max_positions - extra}) or choose a model with more positions"

@@ -15,6 +15,7 @@ from statistics import mean
 from typing import Any
 
 import torch
+from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
@@ -31,11 +32,12 @@ from xmodal_ft import (
     variants,
 )
 from xmodal_ft.engine import FitConfig, FitResult
+from xmodal_ft.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """An invalid configuration value; the message names the key to fix."""
 
 
@@ -63,14 +65,15 @@ def run(
 ) -> float:
     """Train and evaluate one configuration; write results.json; return the validation metric.
 
-    A run whose `run_dir` already holds complete results of the same config is skipped; one with
-    a checkpoint continues from it. With `seeds: [..]`, each seed trains in `run_dir/seed_<s>`
-    and the mean validation metric is returned (one Optuna trial = the mean over seeds).
+    Everything that needs no data is checked first (`check`). A run whose `run_dir` already
+    holds complete results of the same config is skipped; one with a checkpoint continues from
+    it. With `seeds: [..]`, each seed trains in `run_dir/seed_<s>` and the mean validation
+    metric is returned (one Optuna trial = the mean over seeds).
     `group` and `name` label the run for trackers (W&B group = the sweep, name = the overrides).
     Inside `deferred()`, the runs are queued instead (and nan returned).
     """
     run_dir = Path(run_dir)
-    _validate(cfg)
+    check(cfg)
     specs = [RunSpec(cfg, run_dir, choices, group, name)]
     if cfg.get("seeds"):
         specs = []
@@ -146,13 +149,12 @@ def _chunks(indices: list[int], limit: int) -> list[list[int]]:
 
 
 def _build_model(cfg: DictConfig, data: tasks.TaskData, device: torch.device) -> nn.Module:
-    """The run's model on `device` with its variant's trainable parameters."""
+    """The run's model (`model._target_`, models.build by default) on `device` with its
+    variant's trainable parameters."""
     variant = variants.VariantConfig(**_plain(cfg.variant))
-    model = models.build(
-        models.ModelConfig(**_plain(cfg.model)),
-        data.spec,
-        pretrained=variant.pretrained,
-        seed=cfg.seed,
+    model_cfg = models.ModelConfig(**_plain(cfg.model))
+    model = _target(model_cfg._target_, "model._target_")(
+        model_cfg, data.spec, pretrained=variant.pretrained, seed=cfg.seed
     )
     variants.apply(model, variant)
     return model.to(device)
@@ -220,18 +222,66 @@ def _train(
     return [result.best_val[metric] for result in results]
 
 
+def check(cfg: DictConfig) -> None:
+    """Everything that can be checked without data, in a second or so, before anything is built:
+    root values, the device, the task's keys and types, the model's weights against the variant,
+    the adapter against the architecture, the logger's login. Raises a UserError."""
+    _validate(cfg)
+    _check_device(cfg.device)
+    variant = variants.VariantConfig(**_plain(cfg.variant))
+    model_cfg = models.ModelConfig(**_plain(cfg.model))
+    tokenizer = models.resolve_path(model_cfg.path) if model_cfg.path else None
+    tasks.check(_plain(cfg.task), tokenizer)
+    _target(model_cfg._target_, "model._target_")
+    model_type = models.check(model_cfg, pretrained=variant.pretrained)
+    schemes.check(schemes.SchemeConfig(**_plain(cfg.scheme)), model_type)
+    record.check_tracker(_plain(cfg.logger))
+
+
 def _validate(cfg: DictConfig) -> None:
     if not cfg.lr > 0:
         raise ConfigError(f"lr={cfg.lr} must be > 0 (e.g. lr=1e-4)")
-    for key in ("batch_size", "max_steps", "eval_every"):
+    for key in ("batch_size", "max_steps", "eval_every", "eval_batch_size", "log_every"):
         if not cfg[key] >= 1:
             raise ConfigError(f"{key}={cfg[key]} must be a positive integer")
-    if cfg.checkpoint_every is not None and cfg.checkpoint_every < 1:
-        raise ConfigError(f"checkpoint_every={cfg.checkpoint_every} must be >= 1, or null")
+    for key in ("checkpoint_every", "val_subset"):
+        if cfg[key] is not None and cfg[key] < 1:
+            raise ConfigError(f"{key}={cfg[key]} must be >= 1, or null")
     if cfg.max_epochs is not None and not cfg.max_epochs >= 1:
         raise ConfigError(f"max_epochs={cfg.max_epochs} must be >= 1, or null to use max_steps")
     if cfg.patience is not None and cfg.patience < 1:
         raise ConfigError(f"patience={cfg.patience} must be >= 1, or null to never stop early")
+    if cfg.grad_clip is not None and not cfg.grad_clip > 0:
+        raise ConfigError(f"grad_clip={cfg.grad_clip} must be > 0, or null for no clipping")
+    threads = cfg.threads
+    if threads not in ("auto", None) and not (isinstance(threads, int) and threads >= 1):
+        raise ConfigError(f"threads={threads} must be auto, a positive integer, or null")
+
+
+def _check_device(name: str) -> None:
+    if name == "auto":
+        return
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError(f"device={name} is not a device: use auto, cpu or cuda[:<n>]") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device={name} but torch sees no CUDA device (torch.cuda.is_available() is False): "
+            "use device=auto (CUDA when present) or device=cpu"
+        )
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(
+            f"device={name} but this machine has {torch.cuda.device_count()} CUDA device(s): "
+            "use device=cuda or a smaller index"
+        )
+
+
+def _target(path: str, key: str) -> Any:
+    try:
+        return get_method(path)
+    except Exception as err:  # Hydra's locate error: module or attribute missing
+        raise ConfigError(f"{key}={path} cannot be imported ({err})") from err
 
 
 def _plain(node: DictConfig) -> dict[str, Any]:

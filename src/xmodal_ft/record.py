@@ -4,18 +4,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+import netrc
 import os
+import re
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from xmodal_ft.atomic import atomic_path
+from xmodal_ft.errors import UserError
 
 RESULTS = "results.json"
 METRICS = "metrics.jsonl"
-# Root keys that do not change a run's results: left out of its config hash.
+# Root keys and group choices that do not change a run's results: left out of its config hash
+# and, through conf/config.yaml's `${not_hashed:}`, out of its multirun directory name (so a
+# relaunch with progress=false still finds its runs). `sweep=<option>` only sets Hydra's sweeper.
 NOT_HASHED = frozenset(
-    {"cache_dir", "progress", "logger", "checkpoint_every", "sweep", "log_every"}
+    {"cache_dir", "checkpoint_every", "debug", "log_every", "logger", "progress", "sweep"}
 )
+# A multirun directory name: the job's overrides as typed when short and path-safe, else a
+# readable cut plus a hash of the whole (same overrides, same directory).
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._,=+-]*")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._,=+-]+")
+MAX_NAME = 96
 
 
 class Tracker(Protocol):
@@ -68,8 +79,18 @@ def config_hash(config: dict[str, Any]) -> str:
 
 
 def run_key(override_dirname: str) -> str:
-    """Hydra resolver: a job's sweep subdir from its overrides (same overrides, same dir)."""
-    return hashlib.sha256(override_dirname.encode()).hexdigest()[:12]
+    """Hydra resolver: a job's sweep subdir from its overrides (same overrides, same dir).
+
+    `lr=0.001,seed=1` stays as it is; a name longer than MAX_NAME or holding characters outside
+    `A-Za-z0-9._,=+-` (paths, lists, quotes) becomes its safe part cut short plus `-<hash>`.
+    """
+    if not override_dirname:
+        return "defaults"
+    if len(override_dirname) <= MAX_NAME and _SAFE_NAME.fullmatch(override_dirname):
+        return override_dirname
+    digest = hashlib.sha256(override_dirname.encode()).hexdigest()[:12]
+    readable = _UNSAFE.sub("_", override_dirname)[: MAX_NAME - len(digest) - 1].strip("._-")
+    return f"{readable}-{digest}" if readable else digest
 
 
 def read_results(run_dir: Path) -> dict[str, Any] | None:
@@ -89,6 +110,29 @@ def build_tracker(cfg: dict[str, Any], run_dir: Path, meta: dict[str, Any]) -> T
     return builders[cfg["name"]]()
 
 
+def check_tracker(cfg: dict[str, Any]) -> None:
+    """Fail before anything is built when logger=wandb would need a login that is missing."""
+    if cfg.get("name") != "wandb":
+        return
+    mode = cfg.get("mode") or os.environ.get("WANDB_MODE") or "online"
+    if mode in ("offline", "disabled", "dryrun"):
+        return
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return
+    host = urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or ""
+    path = Path(os.environ.get("NETRC") or "~/.netrc").expanduser()
+    try:
+        if netrc.netrc(path).authenticators(host):
+            return
+    except (OSError, netrc.NetrcParseError):
+        pass
+    raise UserError(
+        f"logger=wandb but W&B has no API key for {host} (no WANDB_API_KEY, nothing in {path}): "
+        "run `wandb login` once, or log offline with WANDB_MODE=offline (or logger.mode=offline; "
+        "`wandb sync` uploads later), or use logger=local"
+    )
+
+
 class WandbTracker:
     """Weights & Biases run: config, metrics per step, best values as summary; `finish()` on close.
 
@@ -100,20 +144,25 @@ class WandbTracker:
         import wandb
 
         run_dir = Path(meta["run_dir"])
+        try:
+            self._run = wandb.init(
+                project=cfg.get("project"),
+                entity=cfg.get("entity"),
+                group=cfg.get("group") or meta.get("group"),
+                name=meta.get("name"),
+                tags=[*meta.get("tags", []), *(cfg.get("tags") or [])],
+                config=meta["config"],
+                dir=str(run_dir),
+                id=hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:16],
+                resume="allow",
+                mode=cfg.get("mode"),
+                reinit="create_new",  # lockstep: several runs open at once
+            )
+        except wandb.errors.UsageError as err:  # e.g. a key check_tracker could not see is bad
+            raise UserError(
+                f"logger=wandb: {err}; run `wandb login`, or set WANDB_MODE=offline"
+            ) from err
         self._local = LocalTracker(run_dir)
-        self._run = wandb.init(
-            project=cfg.get("project"),
-            entity=cfg.get("entity"),
-            group=cfg.get("group") or meta.get("group"),
-            name=meta.get("name"),
-            tags=[*meta.get("tags", []), *(cfg.get("tags") or [])],
-            config=meta["config"],
-            dir=str(run_dir),
-            id=hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:16],
-            resume="allow",
-            mode=cfg.get("mode"),
-            reinit="create_new",  # lockstep: several runs open at once
-        )
 
     def log(self, values: dict[str, float], step: int) -> None:
         self._local.log(values, step)

@@ -9,6 +9,9 @@ rule of fixed, discriminative and gradual_unfreeze (default adam):
   1/2.6; Sun et al. 2019, "How to Fine-Tune BERT for Text Classification").
 - gradual_unfreeze: one LR; at epoch e only the top e+1 layer groups train (ULMFiT).
 Layer groups come from `layers.layer_groups`: bottom (input layer, embeddings), each layer, top.
+A scheme option names its function in `_target_` (conf/scheme/*.yaml), so a scheme of your own is
+a function `(model, SchemeConfig, lr) -> (optimizer, on_epoch or None)` anywhere importable;
+`scheme.adapter` likewise takes `module.function` (`(model, SchemeConfig) -> parameter count`).
 Optimizers hold trainable parameters only and use fused kernels (CPU and CUDA; on CPU 3-6x faster
 per step than the multi-tensor `foreach` ones).
 """
@@ -20,31 +23,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from hydra.utils import get_method
 from torch import nn
 
 from xmodal_ft import adapters, schedules
+from xmodal_ft.config import SchemeConfig
+from xmodal_ft.errors import UserError
 from xmodal_ft.layers import Group, layer_groups
 
 log = logging.getLogger(__name__)
+# The built-in schemes and adapters: functions of this module (adapters: adapter_<name>), found by
+# name when a config names no `_target_` / module path (SchemeConfig("nesterov") in code).
+SCHEMES = ("fixed", "nesterov", "discriminative", "gradual_unfreeze")
+ADAPTERS = ("none", "houlsby")
+OPTIMIZERS = ("adam", "sgd")
 
 
-class SchemeError(ValueError):
+class SchemeError(UserError, ValueError):
     """An invalid scheme option; the message names the key to fix."""
-
-
-@dataclass(frozen=True)
-class SchemeConfig:
-    """A scheme group option; keys a scheme does not use are ignored by it."""
-
-    name: str = "fixed"
-    adapter: str = "none"  # houlsby | none
-    reduction: int = 16  # adapter bottleneck = hidden / reduction
-    schedule: str = "constant"  # constant | slanted_triangular
-    cut_frac: float = 0.1  # slanted triangular: fraction of steps spent rising
-    ratio: float = 32.0  # slanted triangular: peak LR / floor LR
-    decay: float = 1 / 2.6  # discriminative: LR factor per layer group down from the top
-    momentum: float = 0.9  # nesterov
-    optimizer: str | None = None  # adam | sgd (plain); None: the scheme's own (nesterov: sgd)
 
 
 @dataclass
@@ -70,8 +66,8 @@ def build(model: nn.Module, cfg: SchemeConfig, lr: float, total_steps: int = 1) 
         lr_scale = schedules.build(cfg.schedule, total_steps, cfg.cut_frac, cfg.ratio)
     except ValueError as err:
         raise SchemeError(str(err)) from err
-    adapter_params = ADAPTERS[cfg.adapter](model, cfg)
-    optimizer, on_epoch = SCHEMES[cfg.name](model, cfg, lr)
+    adapter_params = _adapter(cfg)(model, cfg)
+    optimizer, on_epoch = _scheme(cfg)(model, cfg, lr)
     params = list(model.parameters())
     counts = {
         "trainable": sum(p.numel() for p in params if p.requires_grad),
@@ -87,12 +83,25 @@ def build(model: nn.Module, cfg: SchemeConfig, lr: float, total_steps: int = 1) 
     return TrainPlan(optimizer, lr_scale, on_epoch, counts)
 
 
+def check(cfg: SchemeConfig, model_type: str | None = None) -> None:
+    """Check a scheme option before anything is built: names, values, and (given the model's
+    type) whether its adapter supports the architecture."""
+    _validate(cfg)
+    if cfg.adapter == "houlsby" and model_type is not None and model_type not in adapters.SITES:
+        raise SchemeError(
+            f"scheme.adapter=houlsby does not support model type {model_type!r}; supported: "
+            f"{', '.join(adapters.SITES)}: choose such a model or scheme.adapter=none"
+        )
+
+
 def _validate(cfg: SchemeConfig) -> None:
-    for key, valid in (("name", SCHEMES), ("adapter", ADAPTERS), ("schedule", schedules.SCHEDULES)):
-        value = getattr(cfg, key)
-        if value not in valid:
-            prefix = "scheme" if key == "name" else f"scheme.{key}"
-            raise SchemeError(f"unknown {prefix} {value!r}; choose one of: {', '.join(valid)}")
+    _scheme(cfg)
+    _adapter(cfg)
+    if cfg.schedule not in schedules.SCHEDULES:
+        raise SchemeError(
+            f"unknown scheme.schedule {cfg.schedule!r}; choose one of: "
+            f"{', '.join(schedules.SCHEDULES)}"
+        )
     if not cfg.decay > 0:
         raise SchemeError(f"scheme.decay={cfg.decay} must be > 0 (ULMFiT: 1/2.6 ≈ 0.385)")
     if not 0 <= cfg.momentum < 1:
@@ -108,11 +117,44 @@ def _validate(cfg: SchemeConfig) -> None:
         )
 
 
-def _no_adapter(model: nn.Module, cfg: SchemeConfig) -> int:
+def _scheme(cfg: SchemeConfig) -> Callable[[nn.Module, SchemeConfig, float], Optimizer]:
+    """The function of `scheme._target_`, else the built-in scheme called `name`."""
+    if cfg._target_:
+        return _import(cfg._target_, "scheme._target_")
+    if cfg.name not in SCHEMES:
+        raise SchemeError(
+            f"unknown scheme {cfg.name!r}; choose one of: {', '.join(SCHEMES)}, or set "
+            "scheme._target_=<module.function> (docs/extending.md)"
+        )
+    return globals()[cfg.name]
+
+
+def _adapter(cfg: SchemeConfig) -> Callable[[nn.Module, SchemeConfig], int]:
+    """The adapter function of `scheme.adapter`: a built-in name or a module.function."""
+    if "." in cfg.adapter:
+        return _import(cfg.adapter, "scheme.adapter")
+    if cfg.adapter not in ADAPTERS:
+        raise SchemeError(
+            f"unknown scheme.adapter {cfg.adapter!r}; choose one of: {', '.join(ADAPTERS)}, or "
+            "a module.function"
+        )
+    return globals()[f"adapter_{cfg.adapter}"]
+
+
+def _import(path: str, key: str) -> Callable:
+    try:
+        return get_method(path)
+    except Exception as err:  # Hydra's locate error: module or attribute missing
+        raise SchemeError(f"{key}={path} cannot be imported ({err})") from err
+
+
+def adapter_none(model: nn.Module, cfg: SchemeConfig) -> int:
+    """No adapter: 0 adapter parameters."""
     return 0
 
 
-def _houlsby(model: nn.Module, cfg: SchemeConfig) -> int:
+def adapter_houlsby(model: nn.Module, cfg: SchemeConfig) -> int:
+    """Houlsby adapters of bottleneck hidden / scheme.reduction (adapters.add_houlsby)."""
     try:
         return adapters.add_houlsby(model, cfg.reduction)
     except ValueError as err:
@@ -131,25 +173,25 @@ def _make_optimizer(cfg: SchemeConfig, params: list, lr: float) -> torch.optim.O
     return torch.optim.Adam(params, lr=lr, fused=True)
 
 
-def _fixed(model: nn.Module, cfg: SchemeConfig, lr: float) -> Optimizer:
+def fixed(model: nn.Module, cfg: SchemeConfig, lr: float) -> Optimizer:
     """One learning rate (Lu et al., Rothermel et al.: Adam)."""
     return _make_optimizer(cfg, _trainable(model), lr), None
 
 
-def _nesterov(model: nn.Module, cfg: SchemeConfig, lr: float) -> Optimizer:
+def nesterov(model: nn.Module, cfg: SchemeConfig, lr: float) -> Optimizer:
     """SGD with Nesterov momentum, one learning rate."""
     params = _trainable(model)
     sgd = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=True, fused=True)
     return sgd, None
 
 
-def _discriminative(model: nn.Module, cfg: SchemeConfig, lr: float) -> Optimizer:
+def discriminative(model: nn.Module, cfg: SchemeConfig, lr: float) -> Optimizer:
     """One parameter group per layer group at lr · decay^(depth from the top)."""
     groups = _trainable_groups(model)
     return _by_group(groups, [lr * cfg.decay**depth for depth in _depths(groups)], cfg), None
 
 
-def _gradual_unfreeze(model: nn.Module, cfg: SchemeConfig, lr: float) -> Optimizer:
+def gradual_unfreeze(model: nn.Module, cfg: SchemeConfig, lr: float) -> Optimizer:
     """One LR; `on_epoch(e)` lets only the groups of depth <= e (from the top) train."""
     groups = _trainable_groups(model)
     optimizer = _by_group(groups, [lr] * len(groups), cfg)
@@ -196,16 +238,3 @@ def _numel(group: Group) -> int:
 
 def _trainable(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
-
-
-OPTIMIZERS = ("adam", "sgd")
-SCHEMES: dict[str, Callable[[nn.Module, SchemeConfig, float], Optimizer]] = {
-    "fixed": _fixed,
-    "nesterov": _nesterov,
-    "discriminative": _discriminative,
-    "gradual_unfreeze": _gradual_unfreeze,
-}
-ADAPTERS: dict[str, Callable[[nn.Module, SchemeConfig], int]] = {
-    "none": _no_adapter,
-    "houlsby": _houlsby,
-}

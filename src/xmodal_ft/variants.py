@@ -5,27 +5,25 @@ from __future__ import annotations
 import fnmatch
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from torch import nn
 
+from xmodal_ft.config import VariantConfig
+from xmodal_ft.errors import UserError
+
 log = logging.getLogger(__name__)
+__all__ = ["VariantConfig", "VariantError", "apply", "count_parameters", "set_trainable"]
 
 
-@dataclass(frozen=True)
-class VariantConfig:
-    """A variant group option (Lu et al.): pretrained or random backbone, and what trains."""
-
-    name: str
-    pretrained: bool
-    trainable: Sequence[str]
+class VariantError(UserError, ValueError):
+    """A variant whose patterns match no parameter of the model."""
 
 
 def apply(model: nn.Module, cfg: VariantConfig) -> dict[str, int]:
     """Set `requires_grad` by the variant's name patterns; return the parameter counts."""
     matched = set_trainable(model, cfg.trainable)
     if not matched:
-        raise ValueError(
+        raise VariantError(
             f"variant {cfg.name}: no parameter matches trainable={list(cfg.trainable)}"
         )
     counts = count_parameters(model)

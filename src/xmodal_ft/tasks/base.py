@@ -7,10 +7,12 @@ from typing import Literal
 
 import torch
 
+from xmodal_ft.errors import UserError
+
 InputKind = Literal["continuous", "discrete", "text"]
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad or missing task data; the message names the fix."""
 
 

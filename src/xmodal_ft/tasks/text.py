@@ -42,17 +42,41 @@ def read_cola_tsv(path: str | Path) -> Rows:
     return _rows(path, _lines(path), first_line=1, n_fields=4, sentence=3, label=1)
 
 
-def sst2(*, tokenizer: str, **kwargs: Any) -> TaskData:
+def sst2(
+    *,
+    tokenizer: str,
+    data_dir: str | None = None,
+    hub_id: str = "nyu-mll/glue",
+    max_len: int = 128,
+    val_size: float = 872,
+    split_seed: int = 0,
+    n_train: int | None = None,
+    n_test: int | None = None,
+) -> TaskData:
     """GLUE SST-2: 67k train sentences (validation carved from them), the 872 dev as test."""
-    return _glue("sst2", "SST-2", read_sst2_tsv, ("acc",), tokenizer, **kwargs)
+    return _glue(
+        "sst2", "SST-2", read_sst2_tsv, ("acc",), tokenizer, data_dir=data_dir, hub_id=hub_id,
+        max_len=max_len, val_size=val_size, split_seed=split_seed, n_train=n_train, n_test=n_test,
+    )  # fmt: skip
 
 
-def cola(*, tokenizer: str, **kwargs: Any) -> TaskData:
+def cola(
+    *,
+    tokenizer: str,
+    data_dir: str | None = None,
+    hub_id: str = "nyu-mll/glue",
+    max_len: int = 128,
+    val_size: float = 1043,
+    split_seed: int = 0,
+    n_train: int | None = None,
+    n_test: int | None = None,
+) -> TaskData:
     """GLUE CoLA: 8.5k train sentences (validation carved from them), the 1043 dev as test."""
-    return _glue("cola", "CoLA", read_cola_tsv, ("mcc", "acc"), tokenizer, **kwargs)
-
-
-BUILDERS: dict[str, Callable[..., TaskData]] = {"sst2": sst2, "cola": cola}
+    return _glue(
+        "cola", "CoLA", read_cola_tsv, ("mcc", "acc"), tokenizer, data_dir=data_dir,
+        hub_id=hub_id, max_len=max_len, val_size=val_size, split_seed=split_seed,
+        n_train=n_train, n_test=n_test,
+    )  # fmt: skip
 
 
 def _glue(
