@@ -8,7 +8,8 @@ import pytest
 
 from xmodal_ft import claims
 from xmodal_ft.record import write_results
-from xmodal_ft.report import Run, aggregate
+from xmodal_ft.report import aggregate
+from xmodal_ft.report_types import Run
 
 LRS = (1e-4, 1e-3, 1e-2)
 
@@ -44,7 +45,8 @@ def test_paper_like_sweep_agrees_with_every_claim() -> None:
     found = verdicts(PAPER_LIKE)
     assert {k: v.agrees for k, v in found.items()} == {"a": True, "b": True, "c": True, "d": True}
     assert found["b"].evidence == (
-        "chosen LR: fpt 1e-02, frozen_random 1e-02, unfrozen_pretrained 1e-04, unfrozen_random 1e-04"
+        "chosen LR: fpt 1e-02, frozen_random 1e-02, "
+        "unfrozen_pretrained 1e-04, unfrozen_random 1e-04"
     )
     assert found["d"].evidence == (
         "at lr 0.001: fpt > unfrozen_pretrained > unfrozen_random > frozen_random; "
@@ -105,7 +107,9 @@ def _rest(run: Run) -> tuple:
 def test_survey_claims_read_scheme_adapter_and_schedule_whatever_the_optimizer() -> None:
     found = survey_verdicts(SURVEY_LIKE)
     assert [v.agrees for v in found] == [True, True, True]
-    assert found[1].evidence == "fixed 90.0 ± 1.0 → 92.0 ± 1.0; fixed+houlsby 91.0 ± 1.0 → 93.0 ± 1.0"
+    assert found[1].evidence == (
+        "fixed 90.0 ± 1.0 → 92.0 ± 1.0; fixed+houlsby 91.0 ± 1.0 → 93.0 ± 1.0"
+    )
     assert found[2].evidence == "adapter − none: fixed +1.0, nesterov -1.0"
     worse = SURVEY_LIKE | {("discriminative", "none", "constant"): 0.95}
     worse |= {("fixed", "none", "slanted_triangular"): 0.85}

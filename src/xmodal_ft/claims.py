@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from xmodal_ft.report import LrStats, ReportError, Selection, aggregate, load_runs
+from xmodal_ft.report import ReportError, aggregate, load_runs
+from xmodal_ft.report_types import LrStats, Selection
 
 FROZEN = ("fpt", "frozen_random")
 UNFROZEN = ("unfrozen_pretrained", "unfrozen_random")
