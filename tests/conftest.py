@@ -16,8 +16,12 @@ from omegaconf import DictConfig, open_dict  # noqa: E402
 from transformers import AutoConfig, AutoModel  # noqa: E402
 
 from glue_helpers import save_tiny_text_model  # noqa: E402
-from xmodal_ft import models  # noqa: E402
+from xmodal_ft import config, models  # noqa: E402
+from xmodal_ft.record import write_results  # noqa: E402
 from xmodal_ft.tasks.base import Split, TaskData, TaskSpec  # noqa: E402
+
+# conf/'s schemas in Hydra's ConfigStore, for every test that composes conf/ (train.py: `run`).
+config.register()
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
@@ -90,6 +94,48 @@ def read_results(run_dir: Path) -> dict:
     return results
 
 
+def fake_run(
+    root: Path,
+    lr: float = 1e-3,
+    seed: int = 0,
+    val: float = 0.5,
+    test: float | dict[str, float] | None = None,
+    *,
+    vals: tuple[float, ...] | None = None,
+    metric: str = "acc",
+    task: str = "mnist",
+    model: str = "gpt2",
+    variant: str = "fpt",
+    scheme: str | dict[str, str] = "fixed",
+    **config: object,
+) -> Path:
+    """A complete results.json in the shape `run()` writes (the report's input), in a dir of
+    `root` named after the run; returns the dir.
+
+    Validation history: `vals` at steps 0, 100, 200, ... (best: their maximum), or else 0.1 at
+    step 0 and `val`, the best, at step 10·(seed + 1). `test`: the test metric (default: the best
+    validation score), or {metric: value} for several. `scheme`: a name or scheme keys (name
+    fixed); `config`: more root keys.
+    """
+    key = f"val/{metric}"
+    scheme = {"name": scheme} if isinstance(scheme, str) else {"name": "fixed", **scheme}
+    if vals is None:
+        best, best_step = val, 10 * (seed + 1)
+        history = [{"step": 0, key: 0.1}, {"step": best_step, key: val}]
+    else:
+        best, best_step = max(vals), 100 * vals.index(max(vals))
+        history = [{"step": 100 * i, key: v} for i, v in enumerate(vals)]
+    tests = test if isinstance(test, dict) else {metric: best if test is None else test}
+    cfg = {"task": {"name": task}, "model": {"name": model}, "variant": {"name": variant},
+           "scheme": scheme, "lr": lr, "seed": seed, "max_steps": 100, **config}  # fmt: skip
+    payload = {"status": "complete", "config": cfg, "metric": metric, key: best}
+    payload |= {"best_step": best_step, "history": history}
+    payload |= {f"test/{k}": v for k, v in tests.items()}
+    run_dir = root / "-".join([task, model, variant, *scheme.values(), str(lr), str(seed)])
+    write_results(run_dir, payload)
+    return run_dir
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked `gpu` skip, saying why, where CUDA is absent."""
     if torch.cuda.is_available():
@@ -146,6 +192,24 @@ class KillAt:
     def log(self, values: dict[str, float], step: int) -> None:
         if step >= self.step:
             raise Interrupt(step)
+
+    def summary(self, values: dict) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Recorder:
+    """A tracker that keeps every logged record, as (step, values)."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[int, dict[str, float]]] = []
+
+    def log(self, values: dict[str, float], step: int) -> None:
+        self.records.append((step, dict(values)))
+
+    def series(self, key: str) -> list[tuple[int, float]]:
+        """(step, value) of every record holding `key`, e.g. "train/loss"."""
+        return [(step, values[key]) for step, values in self.records if key in values]
 
     def summary(self, values: dict) -> None: ...
 

@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from transformers.activations import NewGELUActivation
 
+from benchmarks import hardware, report
+from benchmarks.cases import Case, build_model, synthetic_task
+from benchmarks.worker import measure
 from conftest import make_cfg
 from xmodal_ft import allocator, models, threads
-from xmodal_ft.bench import hardware, report
-from xmodal_ft.bench.cases import Case, build_model, synthetic_task
-from xmodal_ft.bench.worker import measure
 
 TINY = Case(
     "tiny", "tiny_gpt2", "fpt", seq_len=8, token_dim=3, batch=4, steps=4, warmup=1,
@@ -184,8 +184,8 @@ def test_dropout_keys_apply_to_pretrained_checkpoints(tiny_bert_dir) -> None:  #
 
 @pytest.mark.slow
 def test_bench_runs_each_tool_in_its_own_process_with_the_first_tools_flop_count() -> None:
-    from xmodal_ft.bench.__main__ import _run_jobs
-    from xmodal_ft.bench.suite import Job
+    from benchmarks.__main__ import _run_jobs
+    from benchmarks.suite import Job
 
     (rows,) = _run_jobs([Job(TINY, ("xmodal", "naive"))])
     assert [r["tool"] for r in rows] == ["xmodal", "naive"]

@@ -16,7 +16,7 @@ import torch
 import yaml
 from PIL import Image
 
-from conftest import SHARED_DATA
+from conftest import ROOT, SHARED_DATA
 from xmodal_ft.tasks import images
 from xmodal_ft.tasks.base import DataError, TaskData
 from xmodal_ft.tasks.images import (
@@ -30,7 +30,7 @@ from xmodal_ft.tasks.images import (
     unpatchify,
 )
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "task"
+CONF = ROOT / "conf" / "task"
 REAL_MNIST = SHARED_DATA / "mnist"
 BUILDERS = {
     "digits": images.digits,

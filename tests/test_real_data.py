@@ -6,13 +6,12 @@ data from the hub or their own copies) and skip, saying so, where it is absent.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-from conftest import SHARED_DATA, make_cfg
+from conftest import SHARED_DATA, make_cfg, read_results
 from xmodal_ft import models, run
 
 MNIST = SHARED_DATA / "mnist"
@@ -25,10 +24,6 @@ def needs(path: Path) -> pytest.MarkDecorator:
     )
 
 
-def results(run_dir: Path) -> dict:
-    return json.loads((run_dir / "results.json").read_text())
-
-
 @needs(MNIST)
 def test_tiny_gpt2_learns_real_mnist_patches(tmp_path: Path) -> None:
     cfg = make_cfg(
@@ -37,7 +32,7 @@ def test_tiny_gpt2_learns_real_mnist_patches(tmp_path: Path) -> None:
         "lr=3e-3", "batch_size=32", "max_steps=300", "eval_every=100",
     )  # fmt: skip
     run(cfg, run_dir=tmp_path)
-    out = results(tmp_path)
+    out = read_results(tmp_path)
     assert out["test/acc"] > 0.5  # 0.61 on the 1000 first-seeded test images; chance: 0.1
 
 
@@ -71,5 +66,5 @@ def test_tiny_bert_learns_real_sst2(tmp_path: Path, tiny_bert_with_minilm_tokeni
         "max_steps=300", "eval_every=100",
     )  # fmt: skip
     run(cfg, run_dir=tmp_path)
-    out = results(tmp_path)
+    out = read_results(tmp_path)
     assert out["test/acc"] > 0.65  # 0.73 on the 872 GLUE dev sentences; chance: about 0.5

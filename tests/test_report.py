@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+import xmodal_ft
+from conftest import fake_run
 from xmodal_ft import report
 from xmodal_ft.record import write_results
-
-
-def fake_run(root: Path, lr: float, seed: int, val: float, test: float, **config) -> Path:
-    """A results.json in the shape `run()` writes (the report's input format)."""
-    names = {"task": "mnist", "model": "gpt2", "variant": "fpt", "scheme": "fixed"}
-    cfg = {g: {"name": config.pop(g, n)} for g, n in names.items()}
-    cfg |= {"lr": lr, "seed": seed, "max_steps": 100, **config}
-    run_dir = root / "-".join([*(cfg[g]["name"] for g in names), str(lr), str(seed)])
-    history = [{"step": 0, "val/acc": 0.1}, {"step": 10, "val/acc": val}]
-    payload = {"status": "complete", "config": cfg, "metric": "acc", "val/acc": val}
-    payload |= {"test/acc": test, "best_step": 10 * (seed + 1), "history": history}
-    write_results(run_dir, payload)
-    return run_dir
 
 
 def grid(root: Path) -> None:
@@ -177,9 +169,11 @@ def test_write_returns_every_file_and_reruns_into_the_same_nested_dir(tmp_path) 
     for _ in range(2):  # a second report into the same directory overwrites the first
         paths = report.write(selections, out, skipped=[])
     assert [p.name for p in paths] == [
-        "results.csv", "test_table.csv", "report.md", "lr_mnist_gpt2.png", "curves_mnist_gpt2.png"
+        "results.csv", "results_per_lr.csv", "test_table.csv", "report.md", "lr_mnist_gpt2.png",
+        "curves_mnist_gpt2.png",
     ]  # fmt: skip
     assert all(p.parent == out and p.stat().st_size > 0 for p in paths)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in paths)  # no temp files
     header = (out / "results.csv").read_text().splitlines()[0]
     assert header == (
         "task,model,variant,scheme,metric,lr,n_seeds,val_mean,val_sem,test_mean,test_sem,"
@@ -255,7 +249,9 @@ def test_main_logs_the_report_files_to_the_tracker_project_given(tmp_path, monke
     report.main([str(tmp_path), "--wandb", "my-project"])
     [(paths, project)] = calls
     assert project == "my-project"
-    assert [p.name for p in paths][:3] == ["results.csv", "test_table.csv", "report.md"]
+    assert [p.name for p in paths][:4] == [
+        "results.csv", "results_per_lr.csv", "test_table.csv", "report.md"
+    ]  # fmt: skip
 
 
 def test_results_files_are_read_as_written_and_incomplete_ones_skipped(tmp_path) -> None:
@@ -274,8 +270,10 @@ def test_results_files_are_read_as_written_and_incomplete_ones_skipped(tmp_path)
     assert run.path == run_dir and run.group == ("mnist", "gpt2", "fpt", "fixed")
     assert (run.lr, run.seed, run.metric, run.val, run.test) == (1e-3, 2, "acc", 0.7, 0.6)
     assert (run.best_step, run.history, run.tests) == (30, [], {"acc": 0.6, "mcc": 0.25})
-    assert sorted(line.split("/")[-2] for line in skipped) == ["list", "nostatus", "unfinished"]
+    assert sorted(line.split("/")[-2] for line in skipped) == ["list", "nostatus"]
     assert all("ValueError: not a complete run (status != 'complete')" in s for s in skipped)
+    [unfinished] = report.failed_runs([tmp_path])  # a status other than complete: not finished
+    assert (unfinished.path.name, unfinished.status) == ("unfinished", "running")
 
 
 def test_report_errors_name_the_runs_and_the_fix(tmp_path) -> None:
@@ -320,3 +318,166 @@ def test_aggregation_errors_name_the_group_and_the_runs(tmp_path) -> None:
     with pytest.raises(report.ReportError) as error:
         report.aggregate(report.load_runs([tmp_path])[0])
     assert str(error.value) == f"mixed metrics in {group}: 'acc' ({first}) and 'mcc' ({other})"
+
+
+def test_per_lr_csv_has_every_lr_of_every_group_with_mean_sem_and_seeds(tmp_path) -> None:
+    grid(tmp_path)  # fpt: 1e-4 (val 0.5, 0.6) and 1e-3 (val 0.7, 0.65, chosen)
+    fake_run(tmp_path, 1e-4, 0, 0.2, 0.3, variant="unfrozen_random")
+    fake_run(tmp_path, 1e-2, 0, 0.7, 0.6, variant="unfrozen_random")
+    report.main([str(tmp_path)])
+    rows = list(csv.DictReader((tmp_path / "report" / "results_per_lr.csv").open()))
+    assert list(rows[0]) == [
+        "task", "model", "variant", "scheme", "metric", "lr", "n_seeds", "seeds", "val_mean",
+        "val_sem", "test_mean", "test_sem", "steps_mean", "steps_sem", "chosen",
+    ]  # fmt: skip
+    assert [(r["variant"], r["lr"], r["n_seeds"], r["seeds"], r["chosen"]) for r in rows] == [
+        ("fpt", "0.0001", "2", "0 1", "0"),
+        ("fpt", "0.001", "2", "0 1", "1"),
+        ("unfrozen_random", "0.0001", "1", "0", "0"),
+        ("unfrozen_random", "0.01", "1", "0", "1"),
+    ]
+    numbers = [
+        [float(r[k]) for k in ("val_mean", "val_sem", "test_mean", "test_sem")] for r in rows
+    ]
+    assert numbers[0] == pytest.approx([0.55, 0.05, 0.45, 0.05])
+    assert numbers[1] == pytest.approx([0.675, 0.025, 0.65, 0.05])
+    assert numbers[2][:1] == [0.2] and math.isnan(numbers[2][1])
+    chosen = [r for r in rows if r["chosen"] == "1"]
+    best = list(csv.DictReader((tmp_path / "report" / "results.csv").open()))
+    assert [(r["variant"], r["lr"], r["test_mean"]) for r in chosen] == [
+        (r["variant"], r["lr"], r["test_mean"]) for r in best
+    ]
+
+
+def failed_job(root: Path, name: str, overrides: list[str], log_error: str = "") -> Path:
+    """A Hydra job dir as a run that died leaves it: `.hydra/overrides.yaml`, the job log, and
+    metrics up to step 40 with a checkpoint there (no results.json)."""
+    run_dir = root / name
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    log = "[2026-01-01 12:00:00,000][xmodal_ft.tasks.images][INFO] - digits: 1150/288/359\n"
+    if log_error:
+        log += f"[2026-01-01 12:00:01,000][xmodal_ft.recipe][ERROR] - {log_error}\n"
+    (run_dir / "train.log").write_text(log)
+    lines = [json.dumps({"step": s, "train/loss": 1.0}) for s in (10, 20, 30, 40)]
+    (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    (run_dir / "checkpoint-0123456789ab.pt").write_bytes(b"")
+    return run_dir
+
+
+FAILURES_MD = """## Runs without complete results
+
+3 of 8 runs have no complete results.json (failed, killed, or still running) and are left out of \
+the tables above.
+
+| run dir | overrides | status | error |
+|---|---|---|---|
+| {root}/a1 | lr=0.01,seed=0 | failed | RuntimeError: CUDA out of memory \\| retry |
+| {root}/a2 | lr=0.01,seed=1 | no results.json | out of memory; last logged step 40; a \
+checkpoint: relaunching into this sweep dir resumes it |
+| {root}/a3 | lr=0.01,seed=2 | no results.json | nothing logged: failed before training, or \
+still starting |
+"""
+
+
+def test_a_sweep_with_failed_runs_lists_them_in_the_report(tmp_path) -> None:
+    grid(tmp_path)
+    fake_run(tmp_path, 1e-3, 2, 0.9, 0.9)  # a complete run with its Hydra files
+    (tmp_path / "mnist-gpt2-fpt-fixed-0.001-2" / ".hydra").mkdir()
+    (tmp_path / "mnist-gpt2-fpt-fixed-0.001-2" / "metrics.jsonl").write_text("")
+    failed = failed_job(tmp_path, "a1", ["lr=0.01", "seed=0"])
+    for path in (failed / "metrics.jsonl", *failed.glob("checkpoint-*")):
+        path.unlink()
+    write_results(failed, {"status": "failed", "error": "RuntimeError: CUDA out of memory | retry"})
+    failed_job(tmp_path, "a2", ["lr=0.01", "seed=1"], log_error="out of memory")
+    (tmp_path / "a3" / ".hydra").mkdir(parents=True)
+    (tmp_path / "a3" / ".hydra" / "overrides.yaml").write_text("- lr=0.01\n- seed=2\n")
+    report.main([str(tmp_path)])
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert FAILURES_MD.replace("{root}", str(tmp_path)) in md
+    assert "| mnist | 73.3 ± 8.8 (lr 1e-03) |" in md  # the complete runs only
+
+
+def test_failures_of_seed_runs_are_listed_by_seed_dir(tmp_path) -> None:
+    job = failed_job(tmp_path, "job", ["lr=0.01", "seeds=[0,1]"])
+    for path in (job / "metrics.jsonl", *job.glob("checkpoint-*")):
+        path.unlink()
+    fake_run(job, 1e-2, 0, 0.6, 0.6)
+    (job / "seed_1").mkdir()
+    (job / "seed_1" / "metrics.jsonl").write_text('{"step": 10, "train/loss": 2.0}\n{"st')
+    [failure] = report.failed_runs([tmp_path])
+    assert failure.path == job / "seed_1"
+    assert failure.run == "lr=0.01,seeds=[0,1]"  # the job's overrides
+    assert failure.error == "last logged step 10"  # the half-written record after it ignored
+
+
+def test_a_sweep_whose_runs_all_failed_lists_the_failures(tmp_path, capsys) -> None:
+    failed_job(tmp_path, "a", ["lr=0.1", "seed=0"], log_error="ModelLoadError: no weights")
+    write_results(tmp_path / "b", {"status": "failed", "error": "lr=-1 must be > 0"})
+    with pytest.raises(SystemExit) as exit_info:
+        report.main([str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == (
+        f"xmodal-report: error: no complete results.json under {tmp_path}: 2 run(s) did not "
+        f"finish\n  {tmp_path}/b: failed: lr=-1 must be > 0\n  {tmp_path}/a: no results.json: "
+        "ModelLoadError: no weights; last logged step 40; a checkpoint: relaunching into this "
+        "sweep dir resumes it\n"
+    )
+    assert not (tmp_path / "report").exists()
+
+
+# Run in a fresh interpreter: `python -m xmodal_ft.report ARGS`, then the modules it loaded.
+LOADED = """import json, runpy, sys
+sys.argv = ["xmodal-report", *sys.argv[1:]]
+try:
+    runpy.run_module("xmodal_ft.report", run_name="__main__", alter_sys=True)
+except SystemExit as stop:
+    assert not stop.code, stop.code
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["{root}", "--compare", "paper"]])
+def test_the_report_cli_runs_without_torch_or_transformers(tmp_path, args: list[str]) -> None:
+    grid(tmp_path)
+    argv = [a.replace("{root}", str(tmp_path)) for a in args]
+    proc = subprocess.run(
+        [sys.executable, "-c", LOADED, *argv], capture_output=True, text=True, check=True
+    )
+    loaded = set(json.loads(proc.stdout.splitlines()[-1]))
+    assert "xmodal_ft.report_types" in loaded  # the report ran in that interpreter
+    assert (tmp_path / "report" / "report.md").exists() != ("--help" in args)
+    assert not {m for m in loaded if m.split(".")[0] in ("torch", "transformers")}
+    assert "xmodal_ft.recipe" not in loaded
+    if "--help" in args:
+        assert "matplotlib" not in loaded  # plotting loads only to plot
+
+
+def test_the_package_loads_the_recipe_only_when_run_is_asked_for() -> None:
+    code = (
+        "import sys; import xmodal_ft; from omegaconf import OmegaConf; "
+        "from hydra.core.config_store import ConfigStore; store = ConfigStore.instance().repo; "
+        "assert OmegaConf.has_resolver('run_key') and OmegaConf.has_resolver('not_hashed'); "
+        "assert 'torch' not in sys.modules and 'config_schema.yaml' not in store; "
+        "from xmodal_ft import run; from xmodal_ft.recipe import run as recipe_run; "
+        "assert run is recipe_run is xmodal_ft.run; assert 'config_schema.yaml' in store; "
+        "print('ok')"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.stdout == "ok\n", proc.stderr
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        xmodal_ft.nope  # noqa: B018
+
+
+def test_report_modules_import_in_one_direction() -> None:
+    """report → report_plots, report_compare → report_types: nothing imports the report back."""
+    for name in ("report_types", "report_plots", "report_compare", "labels", "papers"):
+        tree = ast.parse(Path(xmodal_ft.__file__).with_name(f"{name}.py").read_text())
+        imported = {
+            node.module if isinstance(node, ast.ImportFrom) else alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import | ast.ImportFrom)
+            for alias in node.names
+        }
+        assert "xmodal_ft.report" not in imported, name
+        assert not any(str(m).startswith("xmodal_ft.schemes") for m in imported), name

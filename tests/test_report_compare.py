@@ -4,32 +4,14 @@ difference to ours, and Rothermel et al.'s steps metric (steps to match FPT's be
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, fake_run
 from xmodal_ft import report
-from xmodal_ft.record import write_results
 
 PAPERS_DIR = ROOT.parent / "shared" / "papers"
 DATA = ROOT / "src" / "xmodal_ft" / "data"
-
-
-def run_dir(root: Path, *, task="mnist", model="gpt2", variant="fpt", scheme=None, lr=1e-3,
-            seed=0, vals=(0.5,), test=None, metric="acc") -> None:  # fmt: skip
-    """A results.json whose validation history is `vals` at steps 0, 100, 200, ..."""
-    scheme = {"name": "fixed", **(scheme or {})}
-    cfg = {"task": {"name": task}, "model": {"name": model}, "variant": {"name": variant},
-           "scheme": scheme, "lr": lr, "seed": seed}  # fmt: skip
-    history = [{"step": 100 * i, f"val/{metric}": v} for i, v in enumerate(vals)]
-    best = max(vals)
-    tests = test or {metric: best}
-    payload = {"status": "complete", "config": cfg, "metric": metric, f"val/{metric}": best,
-               "best_step": 100 * vals.index(best), "history": history}  # fmt: skip
-    payload |= {f"test/{k}": v for k, v in tests.items()}
-    name = "-".join(str(x) for x in (task, model, variant, *scheme.values(), lr, seed))
-    write_results(root / name, payload)
 
 
 @pytest.mark.skipif(not PAPERS_DIR.is_dir(), reason=f"no {PAPERS_DIR} beside the repo")
@@ -67,11 +49,11 @@ def test_survey_cells_show_the_published_accuracy_and_the_difference(tmp_path) -
     sgd = {"optimizer": "sgd"}
     triangle = {"adapter": "houlsby", "schedule": "slanted_triangular", **sgd}
     for seed, acc in enumerate((0.90, 0.94)):
-        run_dir(tmp_path, task="sst2", model="minilm", variant="unfrozen_pretrained",
+        fake_run(tmp_path, task="sst2", model="minilm", variant="unfrozen_pretrained",
                 scheme=triangle, seed=seed, vals=(0.5, acc))  # fmt: skip
-        run_dir(tmp_path, task="sst2", model="minilm", variant="unfrozen_pretrained",
+        fake_run(tmp_path, task="sst2", model="minilm", variant="unfrozen_pretrained",
                 scheme=sgd, seed=seed, vals=(0.5, acc - 0.1))  # fmt: skip
-    run_dir(tmp_path, task="cola", model="minilm", variant="unfrozen_pretrained", scheme=sgd,
+    fake_run(tmp_path, task="cola", model="minilm", variant="unfrozen_pretrained", scheme=sgd,
             metric="mcc", vals=(0.1, 0.4), test={"mcc": 0.4, "acc": 0.80})  # fmt: skip
     report.main([str(tmp_path), "--compare", "survey"])
     md = (tmp_path / "report" / "report.md").read_text()
@@ -89,7 +71,7 @@ def test_survey_cells_show_the_published_accuracy_and_the_difference(tmp_path) -
 
 
 def test_rothermel_cells_for_runs_named_as_the_papers_models(tmp_path) -> None:
-    run_dir(tmp_path, task="cifar10_lra", model="distilgpt2", vals=(0.1, 0.5))
+    fake_run(tmp_path, task="cifar10_lra", model="distilgpt2", vals=(0.1, 0.5))
     report.main([str(tmp_path), "--compare", "paper"])
     md = (tmp_path / "report" / "report.md").read_text()
     assert "| cifar10_lra | 50.0 ± n/a (lr 1e-03) [paper 51.1, Δ -1.1] |" in md
@@ -97,15 +79,15 @@ def test_rothermel_cells_for_runs_named_as_the_papers_models(tmp_path) -> None:
 
 def test_steps_to_match_fpts_best_beside_the_papers(tmp_path) -> None:
     # FPT's best: 0.6 and 0.8 (mean 0.7) at steps 200 and 300.
-    run_dir(tmp_path, variant="fpt", seed=0, vals=(0.1, 0.5, 0.6, 0.55))
-    run_dir(tmp_path, variant="fpt", seed=1, vals=(0.1, 0.5, 0.6, 0.8))
+    fake_run(tmp_path, variant="fpt", seed=0, vals=(0.1, 0.5, 0.6, 0.55))
+    fake_run(tmp_path, variant="fpt", seed=1, vals=(0.1, 0.5, 0.6, 0.8))
     # Unfrozen pretrained reaches 0.7 at steps 100 and 300.
-    run_dir(tmp_path, variant="unfrozen_pretrained", seed=0, vals=(0.1, 0.7, 0.9, 0.9))
-    run_dir(tmp_path, variant="unfrozen_pretrained", seed=1, vals=(0.1, 0.2, 0.5, 0.75))
+    fake_run(tmp_path, variant="unfrozen_pretrained", seed=0, vals=(0.1, 0.7, 0.9, 0.9))
+    fake_run(tmp_path, variant="unfrozen_pretrained", seed=1, vals=(0.1, 0.2, 0.5, 0.75))
     # Unfrozen random: one seed of two reaches it (step 200); frozen random never does.
-    run_dir(tmp_path, variant="unfrozen_random", seed=0, vals=(0.1, 0.2, 0.71))
-    run_dir(tmp_path, variant="unfrozen_random", seed=1, vals=(0.1, 0.2, 0.3))
-    run_dir(tmp_path, variant="frozen_random", seed=0, vals=(0.1, 0.69))
+    fake_run(tmp_path, variant="unfrozen_random", seed=0, vals=(0.1, 0.2, 0.71))
+    fake_run(tmp_path, variant="unfrozen_random", seed=1, vals=(0.1, 0.2, 0.3))
+    fake_run(tmp_path, variant="frozen_random", seed=0, vals=(0.1, 0.69))
     report.main([str(tmp_path), "--compare", "rothermel2021"])
     md = (tmp_path / "report" / "report.md").read_text()
     title = "## gpt2, scheme fixed: gradient steps to match fpt's best validation metric"
@@ -118,13 +100,13 @@ def test_steps_to_match_fpts_best_beside_the_papers(tmp_path) -> None:
 
 
 def test_steps_of_other_models_have_no_paper_value(tmp_path) -> None:
-    run_dir(tmp_path, model="minilm", vals=(0.1, 0.5))
+    fake_run(tmp_path, model="minilm", vals=(0.1, 0.5))
     report.main([str(tmp_path), "--compare", "rothermel2021"])
     md = (tmp_path / "report" / "report.md").read_text()
     assert "| mnist | 100 ± n/a [paper n/a] |" in md  # the paper's steps table is GPT-2's
 
 
 def test_steps_to_match_needs_an_fpt_run(tmp_path) -> None:
-    run_dir(tmp_path, variant="unfrozen_random", vals=(0.1, 0.5))
+    fake_run(tmp_path, variant="unfrozen_random", vals=(0.1, 0.5))
     report.main([str(tmp_path)])
     assert "steps to match" not in (tmp_path / "report" / "report.md").read_text()

@@ -1,30 +1,36 @@
 """Multirun report: best LR by mean validation metric over seeds, test mean ± SEM, tables, plots.
 
     python -m xmodal_ft.report multirun/2026-01-01/12-00-00 [more dirs] [--out DIR]
-        [--compare rothermel2021|survey] [--wandb]
+        [--compare rothermel2021|survey] [--wandb PROJECT]
 
 Runs are grouped by (task, model, variant, scheme); the scheme is labelled with its adapter,
 schedule and optimizer where they are not the defaults (`fixed+houlsby+sgd`). Within a group, the
 LR with the best mean validation metric (the task's first metric, e.g. `acc` or `mcc`) over seeds
 is chosen and its test metric is reported as mean ± standard error of the mean (SEM) over seeds.
+Runs without complete results (failed, killed, still running) are listed, not averaged.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import io
 import json
 import logging
 import math
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from xmodal_ft import report_compare
-from xmodal_ft.record import NOT_HASHED, RESULTS
-from xmodal_ft.schemes import SchemeConfig, optimizer_name
+from xmodal_ft.atomic import atomic_path
+from xmodal_ft.labels import own_optimizer
+from xmodal_ft.record import METRICS, NOT_HASHED, RESULTS
+from xmodal_ft.report_types import Failure, LrStats, Run, Selection
 
 log = logging.getLogger(__name__)
 
@@ -44,64 +50,45 @@ class ReportError(ValueError):
     """Results that cannot be reported; the message says what to fix."""
 
 
-@dataclass(frozen=True)
-class Run:
-    """One finished run, as read from its results.json."""
-
-    path: Path
-    group: tuple[str, str, str, str]
-    lr: float
-    seed: int
-    metric: str
-    val: float
-    test: float
-    best_step: int
-    history: list[dict[str, float]]
-    config: dict[str, Any]
-    tests: dict[str, float] = field(default_factory=dict)  # every test metric
-
-
-@dataclass(frozen=True)
-class LrStats:
-    """Mean and SEM over the seeds of one group at one LR."""
-
-    lr: float
-    seeds: tuple[int, ...]
-    val: tuple[float, float]
-    test: tuple[float, float]
-    steps: tuple[float, float]
-
-
-@dataclass(frozen=True)
-class Selection:
-    """A group's LR curve and its LR chosen by mean validation metric."""
-
-    group: tuple[str, str, str, str]
-    metric: str
-    per_lr: list[LrStats]
-    best: LrStats
-    runs: list[Run]  # the runs at the chosen LR
-
-
 def load_runs(dirs: list[Path]) -> tuple[list[Run], list[str]]:
-    """Every complete results.json under `dirs`, and one line per file skipped (with why)."""
+    """Every complete results.json under `dirs`, and one line per file skipped (with why).
+
+    Results of runs that did not finish (a status other than complete) are not skipped files:
+    `failed_runs` lists them. Without any complete run the error lists those failures.
+    """
     runs, skipped = [], []
     for directory in dirs:
         if not directory.is_dir():
             raise ReportError(f"{directory} is not a directory: pass multirun dirs of train.py -m")
         for path in sorted(directory.rglob(RESULTS)):
             try:
-                runs.append(_parse(path, json.loads(path.read_text(encoding="utf-8"))))
+                payload = json.loads(path.read_text(encoding="utf-8"))
+                if _unfinished(payload):
+                    continue
+                runs.append(_parse(path, payload))
             except (OSError, ValueError, KeyError, TypeError) as err:
                 skipped.append(f"{path}: {err.__class__.__name__}: {err}")
                 log.warning("skipped %s: %s", path, err)
     if not runs:
+        where = ", ".join(map(str, dirs))
+        failures = failed_runs(dirs)
+        if failures:
+            lines = [f"  {f.path}: {f.status}: {f.error}" for f in failures]
+            raise ReportError(
+                f"no complete {RESULTS} under {where}: {len(failures)} run(s) did not finish\n"
+                + "\n".join(lines)
+            )
         found = f" ({len(skipped)} unreadable)" if skipped else ""
         raise ReportError(
-            f"no complete {RESULTS} under {', '.join(map(str, dirs))}{found}: run a sweep first,"
+            f"no complete {RESULTS} under {where}{found}: run a sweep first,"
             " e.g. python train.py -m sweep=lr_grid"
         )
     return runs, skipped
+
+
+def _unfinished(payload: Any) -> bool:
+    """A results.json of a run that ended without results (its status says how)."""
+    return isinstance(payload, dict) and payload.get("status", "complete") != "complete"
 
 
 def _parse(path: Path, payload: Any) -> Run:
@@ -123,10 +110,76 @@ def _parse(path: Path, payload: Any) -> Run:
     )
 
 
+def failed_runs(dirs: list[Path]) -> list[Failure]:
+    """The runs under `dirs` that have no complete results: a results.json whose status is not
+    `complete` (with its error), or a run dir (Hydra's `.hydra/`, a metrics.jsonl or a
+    checkpoint) with no results.json in it or below it (its seeds' dirs)."""
+    failures = []
+    for directory in dirs:
+        if not directory.is_dir():
+            continue
+        results = sorted(directory.rglob(RESULTS))
+        for path in results:
+            try:
+                payload = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue  # unreadable: a skipped file
+            if _unfinished(payload):
+                error = str(payload.get("error") or "").strip() or "no error recorded"
+                failures.append(
+                    Failure(path.parent, _overrides(path.parent), str(payload["status"]), error)
+                )
+        marks = (".hydra", METRICS, "checkpoint-*.pt")
+        run_dirs = {p.parent for mark in marks for p in directory.rglob(mark)}
+        with_results = {d for path in results for d in (path.parent, *path.parents)}
+        with_runs_below = {d for run_dir in run_dirs for d in run_dir.parents}  # a job's seeds
+        for run_dir in sorted(run_dirs - with_results - with_runs_below):
+            failures.append(
+                Failure(run_dir, _overrides(run_dir), "no results.json", _traces(run_dir))
+            )
+    return failures
+
+
+def _overrides(run_dir: Path) -> str:
+    """The run's command-line overrides (Hydra's `.hydra/overrides.yaml` of it or its job dir)."""
+    for directory in (run_dir, run_dir.parent):
+        try:
+            overrides = yaml.safe_load((directory / ".hydra" / "overrides.yaml").read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        if isinstance(overrides, list):
+            return ",".join(map(str, overrides))
+    return ""
+
+
+def _traces(run_dir: Path) -> str:
+    """What a run dir without results shows: the job log's last error, the last logged step,
+    a checkpoint to resume from."""
+    traces = []
+    for log_file in sorted(run_dir.glob("*.log")):  # Hydra's job log, e.g. train.log
+        errors = [line for line in _lines(log_file) if "[ERROR]" in line]
+        if errors:
+            traces.append(errors[-1].split("] - ", 1)[-1].strip())
+    for line in reversed(_lines(run_dir / METRICS)):  # the last complete record
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            traces.append(f"last logged step {int(json.loads(line)['step'])}")
+            break
+    if any(run_dir.glob("checkpoint-*.pt")):
+        traces.append("a checkpoint: relaunching into this sweep dir resumes it")
+    return "; ".join(traces) or "nothing logged: failed before training, or still starting"
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
+
+
 def scheme_label(scheme: dict[str, Any]) -> str:
     """The scheme's name, then its adapter, schedule and optimizer where not the defaults."""
     name = str(scheme["name"])
-    own = optimizer_name(SchemeConfig(name))
+    own = own_optimizer(name)
     values = [scheme.get("adapter", "none"), scheme.get("schedule", "constant")]
     values.append(scheme.get("optimizer") or own)
     defaults = ["none", "constant", own]
@@ -221,36 +274,65 @@ def write(
     out: Path,
     skipped: list[str],
     paper: dict[tuple[str, str, str], float] | None = None,
+    failures: list[Failure] | None = None,
 ) -> list[Path]:
-    """Write report.md, results.csv, test_table.csv and PNG plots into `out`; return the paths."""
+    """Write results.csv (the chosen LRs), results_per_lr.csv (every LR), test_table.csv,
+    report.md and PNG plots into `out`, each atomically; return the paths."""
     out.mkdir(parents=True, exist_ok=True)
     paths = [
         _write_csv(selections, out / "results.csv", paper),
+        _write_per_lr_csv(selections, out / "results_per_lr.csv"),
         _write_test_table(selections, out / "test_table.csv", paper),
-        _write_markdown(selections, out / "report.md", skipped, paper),
+        _write_markdown(selections, out / "report.md", skipped, paper, failures or []),
     ]
-    from xmodal_ft import report_plots
+    from xmodal_ft import report_plots  # matplotlib loads only when there is something to plot
 
     paths += report_plots.lr_curves(selections, out)
     paths += report_plots.training_curves(selections, out)
     return paths
 
 
+def _write_text(path: Path, text: str) -> Path:
+    """Write `text` to a temporary file beside `path`, then rename it over `path`."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as file:
+        file.write(text)
+    return path
+
+
+def _write_rows(path: Path, rows: list[list[Any]]) -> Path:
+    text = io.StringIO()
+    csv.writer(text).writerows(rows)
+    return _write_text(path, text.getvalue())
+
+
 def _write_csv(selections: list[Selection], path: Path, paper: dict | None) -> Path:
     fields = [*GROUP, "metric", "lr", "n_seeds", "val_mean", "val_sem", "test_mean", "test_sem"]
     fields += ["steps_mean", "steps_sem"]
     fields += ["paper_test", "paper_diff"] if paper is not None else []
-    with path.open("w", newline="", encoding="utf-8") as file:
-        writer = csv.writer(file)
-        writer.writerow(fields)
-        for s in selections:
-            b = s.best
-            row = [*s.group, s.metric, b.lr, len(b.seeds), *b.val, *b.test, *b.steps]
-            if paper is not None:
-                value, diff = report_compare.value(paper, s), report_compare.diff(paper, s)
-                row += ["" if value is None else value, "" if diff is None else diff]
-            writer.writerow(row)
-    return path
+    rows = [fields]
+    for s in selections:
+        b = s.best
+        row = [*s.group, s.metric, b.lr, len(b.seeds), *b.val, *b.test, *b.steps]
+        if paper is not None:
+            value, diff = report_compare.value(paper, s), report_compare.diff(paper, s)
+            row += ["" if value is None else value, "" if diff is None else diff]
+        rows.append(row)
+    return _write_rows(path, rows)
+
+
+def _write_per_lr_csv(selections: list[Selection], path: Path) -> Path:
+    """Every LR of every group: mean ± SEM of val and test over seeds (what an accuracy-vs-LR
+    plot is made from); `chosen` marks the LR of the best mean validation metric."""
+    fields = [*GROUP, "metric", "lr", "n_seeds", "seeds", "val_mean", "val_sem", "test_mean"]
+    fields += ["test_sem", "steps_mean", "steps_sem", "chosen"]
+    rows: list[list[Any]] = [fields]
+    for s in selections:
+        for p in s.per_lr:
+            seeds = " ".join(map(str, p.seeds))
+            chosen = int(p is s.best)
+            rows.append([*s.group, s.metric, p.lr, len(p.seeds), seeds, *p.val, *p.test,
+                         *p.steps, chosen])  # fmt: skip
+    return _write_rows(path, rows)
 
 
 def _pivot(selections: list[Selection]) -> dict[tuple[str, str], dict[str, dict[str, Selection]]]:
@@ -265,16 +347,15 @@ def _pivot(selections: list[Selection]) -> dict[tuple[str, str], dict[str, dict[
 
 
 def _write_test_table(selections: list[Selection], path: Path, paper: dict | None) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as file:
-        writer = csv.writer(file)
-        for (model, scheme), rows in _pivot(selections).items():
-            variants = sorted({v for cells in rows.values() for v in cells})
-            writer.writerow(["model", "scheme", "task", *variants])
-            for task, cells in sorted(rows.items()):
-                writer.writerow(
-                    [model, scheme, task, *(_cell(cells.get(v), paper, False) for v in variants)]
-                )
-    return path
+    table: list[list[Any]] = []
+    for (model, scheme), rows in _pivot(selections).items():
+        variants = sorted({v for cells in rows.values() for v in cells})
+        table.append(["model", "scheme", "task", *variants])
+        for task, cells in sorted(rows.items()):
+            table.append(
+                [model, scheme, task, *(_cell(cells.get(v), paper, False) for v in variants)]
+            )
+    return _write_rows(path, table)
 
 
 def _cell(s: Selection | None, paper: dict | None, with_lr: bool = True) -> str:
@@ -285,7 +366,11 @@ def _cell(s: Selection | None, paper: dict | None, with_lr: bool = True) -> str:
 
 
 def _write_markdown(
-    selections: list[Selection], path: Path, skipped: list[str], paper: dict | None
+    selections: list[Selection],
+    path: Path,
+    skipped: list[str],
+    paper: dict | None,
+    failures: list[Failure],
 ) -> Path:
     lines = ["# Sweep report", ""]
     lines += [
@@ -311,10 +396,28 @@ def _write_markdown(
                 row = " | ".join(cell(cells.get(v), cells) for v in variants)
                 lines += [f"| {task} | {row} |"]
             lines += [""]
+    if failures:
+        lines += _failures(failures, sum(len(p.seeds) for s in selections for p in s.per_lr))
     if skipped:
         lines += ["## Skipped files", "", *(f"- {line}" for line in skipped), ""]
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
+    return _write_text(path, "\n".join(lines))
+
+
+def _failures(failures: list[Failure], complete: int) -> list[str]:
+    """A table of the runs without complete results, which the tables above leave out."""
+    lines = [
+        "## Runs without complete results",
+        "",
+        f"{len(failures)} of {len(failures) + complete} runs have no complete {RESULTS} (failed, "
+        "killed, or still running) and are left out of the tables above.",
+        "",
+        "| run dir | overrides | status | error |",
+        "|---|---|---|---|",
+    ]
+    for f in failures:
+        cells = (str(f.path), f.run, f.status, f.error)
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return [*lines, ""]
 
 
 def _steps(s: Selection | None) -> str:
@@ -343,10 +446,10 @@ def log_to_wandb(paths: list[Path], project: str) -> None:
         for path in paths:
             if path.suffix == ".png":
                 run.log({path.stem: wandb.Image(str(path))})
-            elif path.name == "results.csv":
+            elif path.suffix == ".csv" and path.stem in ("results", "results_per_lr"):
                 with path.open(encoding="utf-8") as file:
                     rows = list(csv.reader(file))
-                run.log({"results": wandb.Table(columns=rows[0], data=rows[1:])})
+                run.log({path.stem: wandb.Table(columns=rows[0], data=rows[1:])})
     finally:
         run.finish()
 
@@ -367,13 +470,16 @@ def main(argv: list[str] | None = None) -> None:
         selections = aggregate(runs)
     except ReportError as err:
         parser.exit(2, f"xmodal-report: error: {err}\n")
+    failures = failed_runs(args.dirs)
+    for f in failures:
+        log.warning("no complete results: %s (%s): %s", f.path, f.status, f.error)
     paper = load_paper(args.compare) if args.compare else None
     out = args.out or args.dirs[0] / "report"
-    paths = write(selections, out, skipped, paper)
+    paths = write(selections, out, skipped, paper, failures)
     if args.wandb:
         log_to_wandb(paths, args.wandb)
-    log.info("%d runs in %d groups -> %s (%d files skipped)", len(runs), len(selections), out,
-             len(skipped))  # fmt: skip
+    log.info("%d runs in %d groups -> %s (%d files skipped, %d runs without results)", len(runs),
+             len(selections), out, len(skipped), len(failures))  # fmt: skip
 
 
 if __name__ == "__main__":

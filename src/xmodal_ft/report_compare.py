@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from xmodal_ft import papers
-
-if TYPE_CHECKING:
-    from xmodal_ft.report import Run, Selection
+from xmodal_ft.report_types import Run, Selection
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,6 @@
-"""PNG plots of a sweep report: metric vs LR per task and model, validation curves per scheme."""
+"""PNG plots of a sweep report: metric vs LR per task and model, validation curves per scheme.
+
+They read the report's data types (`report_types`); the report imports them, not back."""
 
 from __future__ import annotations
 
@@ -6,15 +8,14 @@ import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-if TYPE_CHECKING:
-    from xmodal_ft.report import Selection
+from xmodal_ft.atomic import atomic_path  # noqa: E402
+from xmodal_ft.report_types import Selection  # noqa: E402
 
 
 def _by_task_model(selections: list[Selection]) -> dict[tuple[str, str], list[Selection]]:
@@ -87,8 +88,9 @@ def training_curves(selections: list[Selection], out: Path) -> list[Path]:
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
-    """Lay out, write and close `fig`."""
+    """Lay out, write (atomically) and close `fig`."""
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
     return path

@@ -1,42 +1,51 @@
 """One case measured in a fresh process, so its peak memory and warm caches are its own.
 
-python -m xmodal_ft.bench.worker '[{"tools": ["xmodal", "trainer"], "case": {...}}, ...]'
+python -m benchmarks.worker '[{"tools": ["xmodal", "trainer"], "case": {...}}, ...]'
 prints one JSON line (per job, a list of one result per tool) as the last line of stdout.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import statistics
 import sys
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 
+from benchmarks import hardware
+from benchmarks.cases import Case, build_model, run_config, synthetic_task
+from benchmarks.tools import BASELINES, run_xmodal
 from xmodal_ft import engine, threads
-from xmodal_ft.bench import hardware
-from xmodal_ft.bench.cases import Case, build_model, synthetic_task
-from xmodal_ft.bench.tools import TOOLS
 
 
 def measure(case: Case, tools: list[str], count_flops: bool = True) -> list[dict[str, Any]]:
     """Train `case` with each tool from the same initial weights; throughput, losses, FLOPs.
 
-    Peak memory is the process's peak after each tool, so it is exact for the first tool only.
+    xmodal-ft runs first, as `train.py` runs it (its own threads setting); the other tools then
+    train the same model with torch's default threads. Peak memory is the process's peak after
+    each tool, so it is exact for the first tool only.
     """
-    device = engine.select_device()
+    cfg, args = run_config(case)
+    device = engine.select_device(cfg.device)
     data = synthetic_task(case, n_train=case.batch * (case.warmup + case.steps))
-    model = build_model(case, data.spec, device)
-    initial = copy.deepcopy(model.state_dict())
-    n_params = sum(p.numel() for p in model.parameters())
-    results = []
+    model, results = None, []
     for tool in tools:
-        model.load_state_dict(initial)
-        # xmodal-ft's engine as train.py sets it up; the other tools with torch's default threads
-        n_threads = threads.set_threads(case.threads if tool == "xmodal" else None, n_params)
-        result = TOOLS[tool](model, data, case)
+        if tool == "xmodal":
+            result = run_xmodal(cfg, case)
+            n_threads = torch.get_num_threads()  # as the run set it
+            n_params, trainable = result["params"]["total"], result["params"]["trainable"]
+        else:
+            if model is None:
+                model = build_model(case, data.spec, device)
+                initial = {k: v.clone() for k, v in model.state_dict().items()}
+            model.load_state_dict(initial)
+            n_params = sum(p.numel() for p in model.parameters())
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            n_threads = threads.set_threads(None, n_params)
+            result = BASELINES[tool](model, data, case)
         timed = result["step_seconds"][case.warmup :]
         if len(timed) != case.steps:
             raise RuntimeError(f"{tool} ran {len(result['step_seconds'])} steps, expected more")
@@ -45,6 +54,7 @@ def measure(case: Case, tools: list[str], count_flops: bool = True) -> list[dict
             {
                 "tool": tool,
                 "case": case.as_dict(),
+                "overrides": args,  # train.py's, on a synthetic task of the case's shape
                 "step_seconds": step_s,
                 "median_step_seconds": statistics.median(timed),
                 "first_step_seconds": result["step_seconds"][0],  # with compilation, if any
@@ -54,10 +64,11 @@ def measure(case: Case, tools: list[str], count_flops: bool = True) -> list[dict
                 "peak_memory_bytes": hardware.peak_memory_bytes(device),
                 "params": n_params,
                 "threads": n_threads,
-                "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                "trainable": trainable,
             }
         )
     if count_flops:  # one sample (FLOPs are linear in the batch), then scaled
+        model = model or build_model(case, data.spec, device)
         x, y = data.train.x[:1].to(device), data.train.y[:1].to(device)
 
         def step() -> None:

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xmodal_ft.bench.sweep import LRS, ROOT
+from benchmarks.sweep import LRS, ROOT
 
-log = logging.getLogger("xmodal_ft.bench")
+log = logging.getLogger("benchmarks")
 MNIST_DIR = Path(os.environ.get("XMODAL_FT_MNIST", ROOT.parent / "shared" / "data" / "mnist"))
 GPT2_4X256 = ["model=tiny_gpt2", "model.arch.n_layer=4", "model.arch.n_head=4",
               "model.arch.n_embd=256"]  # fmt: skip
@@ -67,10 +67,16 @@ def lockstep_sweeps(quick: bool, only: set[str] | None = None) -> list[dict[str,
     rates, peak memory."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        gpt2_dir = _save_gpt2_small(Path(tmp) / "gpt2")
-        for i, case in enumerate(cases(quick, gpt2_dir)):
-            if only is not None and case.name not in only:
-                continue
+        gpt2_dir = Path(tmp) / "gpt2"
+        names = [case.name for case in cases(quick, gpt2_dir)]
+        if only is not None and not only <= set(names):
+            raise ValueError(f"unknown lockstep cases {sorted(only - set(names))}; cases: {names}")
+        chosen = [
+            (i, c) for i, c in enumerate(cases(quick, gpt2_dir)) if not only or c.name in only
+        ]
+        if any(f"model.path={gpt2_dir}" in case.overrides for _, case in chosen):
+            _save_gpt2_small(gpt2_dir)
+        for i, case in chosen:
             runs = {}
             for launcher in ("basic", "lockstep"):
                 runs[launcher] = _sweep(case, launcher, Path(tmp) / f"case{i}-{launcher}")
@@ -88,7 +94,7 @@ def _sweep(case: SweepCase, launcher: str, sweep_dir: Path) -> dict[str, Any]:
         else ["task=digits"]
     )
     cmd = [
-        sys.executable, str(ROOT / "train.py"), "-m",
+        sys.executable, "train.py", "-m",  # in ROOT, the working directory
         f"lr={','.join(LRS[-case.lrs:])}", "seed=0,1,2", *case.overrides, *task,
         f"max_steps={case.steps}", f"eval_every={case.steps}", "progress=false",
         f"hydra.sweep.dir={sweep_dir}", f"hydra/launcher={launcher}",

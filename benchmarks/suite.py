@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from xmodal_ft.bench.cases import GPT2_SMALL, Case
+from benchmarks.cases import GPT2_SMALL, Case
 
 NO_DROPOUT = {"dropout": 0.0}
 MNIST = {"seq_len": 49, "token_dim": 16}  # 28x28 in 4x4 patches (Lu et al.)
@@ -93,11 +93,11 @@ def optimisations(quick: bool) -> list[Job]:
         ),  # fmt: skip
         Job(lra.with_(name="1024 tok: grad_checkpointing", grad_checkpointing=True)),  # fmt: skip
         Job(unfrozen.with_(name="gpt2 unfrozen 49 tok: fused Adam")),
-        Job(unfrozen.with_(name="gpt2 unfrozen 49 tok: foreach Adam", fused_optimizer=False)),
+        Job(unfrozen.with_(name="gpt2 unfrozen 49 tok: foreach Adam", ablation="foreach_adam")),
         Job(
             unfrozen.with_(
                 name="gpt2 unfrozen 49 tok: freed memory back to the kernel (glibc default)",
-                keep_freed_memory=False,
+                ablation="glibc_free",
             )
         ),  # fmt: skip
         Job(tiny.with_(name="tiny: threads=1", threads=1)),

@@ -1,33 +1,45 @@
-"""The same training steps run three ways: xmodal-ft's engine, the HF Trainer, a plain loop.
+"""The same training steps run three ways: xmodal-ft as `train.py` runs it, the HF Trainer, and a
+plain loop.
 
-Every tool trains the same model (same init) on the same batches in the same order (the engine's
-seeded first-epoch permutation) with Adam(W, weight decay 0), constant LR and gradient clipping
-at 1.0, so their loss sequences agree to float tolerance. Each returns per-step wall times and
-per-step losses.
+xmodal-ft runs through its entry point, `xmodal_ft.run(cfg, run_dir)` (what `train.py` calls), on
+the case's composed config: the recipe builds the task, model, variant, scheme and run layout,
+sets threads and the allocator, trains with the engine and writes results.json. The benchmark only
+observes: a clock around the run's tracker notes when each step's record arrives.
+
+The Trainer and the plain loop train the same model (same init: `cases.build_model`) on the same
+batches in the same order (the engine's seeded first-epoch permutation) with Adam(W, weight decay
+0), constant LR and gradient clipping at 1.0, so the three loss sequences agree to float
+tolerance. Each returns per-step wall times and per-step losses.
 """
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import nn
 
-from xmodal_ft import allocator, engine, schemes
-from xmodal_ft.bench.cases import Case
+import xmodal_ft
+from benchmarks.cases import Case
+from xmodal_ft import allocator, record, schemes
 from xmodal_ft.tasks.base import TaskData
 
-Result = dict[str, list[float]]
+Result = dict[str, Any]
 
 
-class _TimingTracker:
-    """Collects the train loss of every step and the time each step's record arrived."""
+class StepClock:
+    """The run's own tracker, plus the time each record arrived and every train loss."""
 
     def __init__(self) -> None:
+        self.inner: record.Tracker | None = None
         self.times: list[float] = []
         self.losses: list[float] = []
 
@@ -35,34 +47,65 @@ class _TimingTracker:
         self.times.append(time.perf_counter())  # step 0's validation record starts the clock
         if "train/loss" in values:
             self.losses.append(values["train/loss"])
+        self.inner.log(values, step)
 
     def summary(self, values: dict[str, Any]) -> None:
-        """Unused: the bench reads the step records."""
+        self.inner.summary(values)
 
     def close(self) -> None:
-        """Nothing to close."""
+        self.inner.close()
 
 
-def run_xmodal(model: nn.Module, data: TaskData, case: Case) -> Result:
-    """`engine.fit` as `train.py` calls it, logging every step."""
-    if case.keep_freed_memory:
-        allocator.keep_freed_memory()
-    plan = schemes.build(model, schemes.SchemeConfig(), lr=case.lr)
-    for group in plan.optimizer.param_groups:
-        group.update(fused=case.fused_optimizer, foreach=not case.fused_optimizer)
-    tracker = _TimingTracker()
+@contextlib.contextmanager
+def step_clock() -> Iterator[StepClock]:
+    """Clock the run started inside the block: the tracker the recipe builds is wrapped."""
+    clock, build = StepClock(), record.build_tracker
+
+    def clocked(cfg: dict[str, Any], run_dir: Path, meta: dict[str, Any]) -> StepClock:
+        clock.inner = build(cfg, run_dir, meta)
+        return clock
+
+    with mock.patch.object(record, "build_tracker", clocked):
+        yield clock
+
+
+@contextlib.contextmanager
+def ablation(name: str | None) -> Iterator[None]:
+    """Turn one always-on optimisation off (no config key does): `foreach_adam` gives the
+    scheme's Adam torch's multi-tensor kernels instead of the fused ones; `glibc_free` leaves
+    glibc returning freed memory to the kernel (`allocator.keep_freed_memory` not applied)."""
+    if name is None:
+        yield
+        return
+    if name == "foreach_adam":
+        build = schemes.build
+
+        def foreach(*args: Any, **kwargs: Any) -> schemes.TrainPlan:
+            plan = build(*args, **kwargs)
+            for group in plan.optimizer.param_groups:
+                group.update(fused=False, foreach=True)
+            return plan
+
+        patch = mock.patch.object(schemes, "build", foreach)
+    elif name == "glibc_free":
+        patch = mock.patch.object(allocator, "keep_freed_memory", lambda: False)
+    else:
+        raise ValueError(f"unknown ablation {name!r}")
+    with patch:
+        yield
+
+
+def run_xmodal(cfg: DictConfig, case: Case) -> Result:
+    """`xmodal_ft.run` on the case's config, in a temporary run dir, every step clocked."""
     steps = case.warmup + case.steps
-    cfg = engine.FitConfig(
-        batch_size=case.batch,
-        max_steps=steps,
-        eval_every=steps + 1,  # validation only at the start and the end
-        seed=case.seed,
-        log_every=1,
-        progress=False,
-    )
-    engine.fit(model, plan, data, cfg, tracker)
-    times = tracker.times[: steps + 1]
-    return {"step_seconds": _diffs(times), "losses": tracker.losses}
+    with tempfile.TemporaryDirectory() as run_dir, step_clock() as clock:
+        with ablation(case.ablation):
+            xmodal_ft.run(cfg, run_dir)
+        results = record.read_results(Path(run_dir))
+    if results is None:
+        raise RuntimeError(f"{case.name}: the run wrote no complete results.json")
+    times = clock.times[: steps + 1]
+    return {"step_seconds": _diffs(times), "losses": clock.losses, "params": results["params"]}
 
 
 def run_naive(model: nn.Module, data: TaskData, case: Case) -> Result:
@@ -93,7 +136,7 @@ def run_trainer(model: nn.Module, data: TaskData, case: Case) -> Result:
         from transformers import Trainer, TrainerCallback, TrainingArguments
     except ImportError as err:  # transformers imports accelerate lazily for the Trainer
         raise SystemExit(
-            "the Trainer comparison needs accelerate: pip install -e .[bench]"
+            'the Trainer comparison needs accelerate: pip install -e ".[bench]"'
         ) from err
     x, y = _engine_order(data, case)
     cuda = next(model.parameters()).is_cuda
@@ -143,8 +186,7 @@ def run_trainer(model: nn.Module, data: TaskData, case: Case) -> Result:
     return {"step_seconds": _diffs(times), "losses": losses}
 
 
-TOOLS: dict[str, Callable[[nn.Module, TaskData, Case], Result]] = {
-    "xmodal": run_xmodal,
+BASELINES: dict[str, Callable[[nn.Module, TaskData, Case], Result]] = {
     "trainer": run_trainer,
     "naive": run_naive,
 }

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[3]
+from benchmarks.cases import ROOT
+
 LRS = [f"{10 ** (-6 + 0.5 * i):.3g}" for i in range(9)]  # 1e-6 .. 1e-2, log-spaced
 SEEDS = "0,1,2"
 
@@ -28,7 +29,7 @@ def sweep_overhead(
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [
             sys.executable,
-            str(ROOT / "train.py"),
+            "train.py",  # in ROOT, the working directory
             "-m",
             f"lr={','.join(LRS)}",
             f"seed={SEEDS}",

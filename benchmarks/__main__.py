@@ -1,6 +1,7 @@
-"""python -m xmodal_ft.bench [--quick] [--sections throughput,memory,...] [--out DIR]
+"""python -m benchmarks [--quick] [--sections throughput,memory,...] [--out DIR] [--name NAME]
 
-Runs every section side by side on this machine and writes <out>/<machine>[-quick].{md,json}.
+Runs every section side by side on this machine and writes <out>/<name>[-quick].{md,json}
+(default: benchmarks/results/<host>[-quick]). Run it from the repository root.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
+from benchmarks import hardware, report, suite
+from benchmarks.cases import ROOT
+from benchmarks.lockstep import cases as lockstep_cases
+from benchmarks.lockstep import lockstep_sweeps
+from benchmarks.sweep import sweep_overhead
 from xmodal_ft import engine
-from xmodal_ft.bench import hardware, report, suite
-from xmodal_ft.bench.lockstep import lockstep_sweeps
-from xmodal_ft.bench.sweep import sweep_overhead
 
-log = logging.getLogger("xmodal_ft.bench")
+log = logging.getLogger("benchmarks")
 SECTIONS = ("throughput", "memory", "sweep", "lockstep", "optimisations", "scaling")
 
 
@@ -32,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if importlib.util.find_spec("accelerate") is None and "throughput" in args.sections:
-        sys.exit("the HF Trainer comparison needs accelerate: pip install -e .[bench]")
+        sys.exit('the HF Trainer comparison needs accelerate: pip install -e ".[bench]"')
     start = time.perf_counter()
     device = engine.select_device()
     out: dict[str, Any] = {"quick": args.quick, "machine": hardware.describe(device)}
@@ -43,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
         if section == "sweep":
             out["sweep"] = sweep_overhead(max_steps=20 if args.quick else 100)
         elif section == "lockstep":
-            out["lockstep"] = lockstep_sweeps(args.quick)
+            out["lockstep"] = lockstep_sweeps(args.quick, args.cases)
         else:
             out[section] = _run_jobs(suite.SECTIONS[section](args.quick))
         out["seconds"] = time.perf_counter() - start
@@ -74,15 +77,16 @@ def _run_jobs(jobs: list[suite.Job]) -> list[list[dict[str, Any]]]:
 
 
 def _worker(jobs: list[suite.Job]) -> list[list[dict[str, Any]]]:
-    """Run `jobs` in one `python -m xmodal_ft.bench.worker` process: one result list per job."""
+    """Run `jobs` in one `python -m benchmarks.worker` process: one result list per job."""
     payload = [
         {"case": asdict(j.case), "tools": list(j.tools), "count_flops": j.count_flops} for j in jobs
     ]
     log.info("running %s", ", ".join(f"{j.case.name} ({', '.join(j.tools)})" for j in jobs))
     proc = subprocess.run(
-        [sys.executable, "-m", "xmodal_ft.bench.worker", json.dumps(payload)],
+        [sys.executable, "-m", "benchmarks.worker", json.dumps(payload)],
         capture_output=True,
         text=True,
+        cwd=ROOT,
         env={**os.environ, "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_OFFLINE": "1"},
     )
     if proc.returncode != 0:
@@ -91,7 +95,11 @@ def _worker(jobs: list[suite.Job]) -> list[list[dict[str, Any]]]:
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m xmodal_ft.bench", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true", help="few steps: ~10 min on 2 cores")
     parser.add_argument(
         "--sections",
@@ -99,12 +107,22 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         default=list(SECTIONS),
         help=f"comma-separated subset of {','.join(SECTIONS)}",
     )
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks" / "results", help="report directory"
+    )
     parser.add_argument("--name", help="report file stem (default: the host name)")
+    parser.add_argument(
+        "--cases",
+        type=lambda s: set(s.split(",")),
+        help="lockstep section: only these cases (comma-separated names, e.g. 'minilm fpt')",
+    )
     args = parser.parse_args(argv)
     unknown = set(args.sections) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}; choose from {','.join(SECTIONS)}")
+    names = [case.name for case in lockstep_cases(args.quick, Path())]
+    if args.cases and not args.cases <= set(names):
+        parser.error(f"unknown cases {sorted(args.cases - set(names))}; choose from {names}")
     return args
 
 

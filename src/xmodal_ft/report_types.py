@@ -1,0 +1,59 @@
+"""The report's data: runs read from results.json, their per-LR statistics, the chosen LR, and
+runs that did not finish. The report builds them; its plots and paper comparison read them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+Group = tuple[str, str, str, str]  # task, model, variant, scheme label
+
+
+@dataclass(frozen=True)
+class Run:
+    """One finished run, as read from its results.json."""
+
+    path: Path
+    group: Group
+    lr: float
+    seed: int
+    metric: str
+    val: float
+    test: float
+    best_step: int
+    history: list[dict[str, float]]
+    config: dict[str, Any]
+    tests: dict[str, float] = field(default_factory=dict)  # every test metric
+
+
+@dataclass(frozen=True)
+class LrStats:
+    """Mean and SEM over the seeds of one group at one LR."""
+
+    lr: float
+    seeds: tuple[int, ...]
+    val: tuple[float, float]
+    test: tuple[float, float]
+    steps: tuple[float, float]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """A group's LR curve and its LR chosen by mean validation metric."""
+
+    group: Group
+    metric: str
+    per_lr: list[LrStats]
+    best: LrStats
+    runs: list[Run]  # the runs at the chosen LR
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A run of the sweep without complete results: failed, killed or still running."""
+
+    path: Path  # the run dir
+    run: str  # what identifies it in the sweep: its overrides (e.g. lr=0.001,seed=1), or ""
+    status: str  # results.json's status, or "no results.json"
+    error: str  # results.json's error, or what the run dir shows (log, checkpoint)
