@@ -44,7 +44,7 @@ def measure(case: Case, tools: list[str], count_flops: bool = True) -> list[dict
             model.load_state_dict(initial)
             n_params = sum(p.numel() for p in model.parameters())
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-            n_threads = threads.set_threads(None, n_params)
+            n_threads = threads.set_threads(None)
             result = BASELINES[tool](model, data, case)
         timed = result["step_seconds"][case.warmup :]
         if len(timed) != case.steps:

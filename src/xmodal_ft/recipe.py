@@ -186,7 +186,7 @@ def _train(
         lockstep.share_frozen(model, built)
         built.append(model)
     params = plans[0].params
-    threads.set_threads(cfg.threads, params["total"])
+    threads.set_threads(cfg.threads)
     allocator.keep_freed_memory()
     layout = lockstep.build(built, rng_states)
     models.speed_up(layout.model, grad_checkpointing=cfg.grad_checkpointing, compile=cfg.compile)

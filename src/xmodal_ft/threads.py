@@ -8,20 +8,19 @@ from pathlib import Path
 import torch
 
 _DEFAULT_THREADS = torch.get_num_threads()
-SMALL_MODEL_PARAMS = 10_000_000
 
 
-def set_threads(threads: int | str | None, n_params: int) -> int:
+def set_threads(threads: int | str | None) -> int:
     """Set torch's intra-op threads: a number, None (torch's default), or "auto".
 
-    "auto" keeps torch's default for models of 10M parameters and more. Smaller models get the
-    cores that other processes leave free when the run starts (at least one): every core on a
-    quiet machine (1.2-1.7x faster than one thread even at 0.1-3M parameters), fewer beside
-    parallel sweep jobs or other work, where surplus OpenMP threads spin-wait and slow small
-    models down 5-80x. Returns the thread count in use.
+    "auto" gives the run the cores that other processes leave free when it starts (at least
+    one): every core on a quiet machine, fewer beside parallel sweep jobs or other work, where
+    surplus OpenMP threads spin-wait on descheduled ones and slow runs down 5-80x (small models;
+    and lockstep groups of any model: 27 MiniLM FPT runs took 10 s a step on two threads beside
+    other work and 0.8 s on one). Returns the thread count in use.
     """
     if threads == "auto":
-        threads = None if n_params >= SMALL_MODEL_PARAMS else max(1, _DEFAULT_THREADS - _busy())
+        threads = max(1, _DEFAULT_THREADS - _busy())
     torch.set_num_threads(_DEFAULT_THREADS if threads is None else int(threads))
     return torch.get_num_threads()
 
