@@ -105,7 +105,8 @@ def fit_runs(
     device = next(model.parameters()).device
     metric = data.spec.metrics[0]
     val = subsample(data.val, cfg.val_subset, seed=0)
-    base_lrs = [[group["lr"] for group in plan.optimizer.param_groups] for plan in plans]
+    optimizers = [plan.optimizer for plan in plans]
+    base_lrs = [[group["lr"] for group in opt.param_groups] for opt in optimizers]
     bests = [BestWeights(m) for m in layout.models]
     states = []
     for r, (path, plan, best) in enumerate(zip(checkpoint_paths, plans, bests, strict=True)):
@@ -179,8 +180,7 @@ def fit_runs(
         losses.sum().backward()
         if cfg.grad_clip is not None:
             layout.clip(cfg.grad_clip)
-        for r in _indices(active):
-            plans[r].optimizer.step()
+        layout.step(optimizers, active)
         layout.zero_grad()
         loss_sum += losses.detach()
         loss_count += 1
