@@ -55,7 +55,7 @@ def test_resumed_fit_matches_uninterrupted_fit_exactly(
     path = tmp_path / "checkpoint.pt"
     with pytest.raises(Interrupt):
         train(path, KillAt(kill_at), scheme)
-    assert torch.load(path, weights_only=False)["loop"]["step"] == saved_at
+    assert torch.load(path, weights_only=True)["loop"]["step"] == saved_at
     torch.manual_seed(123)  # a new process: the checkpoint restores the RNG state
     logged = StepLog()
     model, resumed = train(path, logged, scheme)

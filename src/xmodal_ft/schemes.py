@@ -16,13 +16,14 @@ per step than the multi-tensor `foreach` ones).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from xmodal_ft import adapters, schedules
+from xmodal_ft.engine import TrainPlan, Unfreeze
 from xmodal_ft.layers import Group, layer_groups
 
 log = logging.getLogger(__name__)
@@ -47,21 +48,12 @@ class SchemeConfig:
     optimizer: str | None = None  # adam | sgd (plain); None: the scheme's own (nesterov: sgd)
 
 
-@dataclass
-class TrainPlan:
-    """What the engine needs from a scheme: an optimizer, an LR multiplier per step, epoch hooks."""
-
-    optimizer: torch.optim.Optimizer
-    lr_scale: Callable[[int], float] = lambda step: 1.0
-    on_epoch: Callable[[int], None] | None = None
-    params: dict[str, int] = field(default_factory=dict)  # trainable / total / adapter counts
-
-
-Optimizer = tuple[torch.optim.Optimizer, Callable[[int], None] | None]
+Optimizer = tuple[torch.optim.Optimizer, Sequence[Unfreeze]]  # and when late groups join
 
 
 def build(model: nn.Module, cfg: SchemeConfig, lr: float, total_steps: int = 1) -> TrainPlan:
-    """Adapters (if any), then the optimizer of scheme `cfg.name` over the trainable parameters.
+    """Adapters (if any), then the engine's plan for scheme `cfg.name`: the optimizer over the
+    trainable parameters, the LR schedule and (gradual unfreezing) when layer groups join.
 
     `total_steps` is the run's step budget (the slanted triangular schedule spans it).
     """
@@ -71,7 +63,7 @@ def build(model: nn.Module, cfg: SchemeConfig, lr: float, total_steps: int = 1) 
     except ValueError as err:
         raise SchemeError(str(err)) from err
     adapter_params = ADAPTERS[cfg.adapter](model, cfg)
-    optimizer, on_epoch = SCHEMES[cfg.name](model, cfg, lr)
+    optimizer, unfreeze = SCHEMES[cfg.name](model, cfg, lr)
     params = list(model.parameters())
     counts = {
         "trainable": sum(p.numel() for p in params if p.requires_grad),
@@ -84,7 +76,7 @@ def build(model: nn.Module, cfg: SchemeConfig, lr: float, total_steps: int = 1) 
         f"{counts['trainable']:,}", f"{counts['total']:,}",
         100 * counts["trainable"] / counts["total"],
     )  # fmt: skip
-    return TrainPlan(optimizer, lr_scale, on_epoch, counts)
+    return TrainPlan(optimizer, lr_scale, unfreeze, params=counts)
 
 
 def _validate(cfg: SchemeConfig) -> None:
@@ -133,35 +125,31 @@ def _make_optimizer(cfg: SchemeConfig, params: list, lr: float) -> torch.optim.O
 
 def _fixed(model: nn.Module, cfg: SchemeConfig, lr: float) -> Optimizer:
     """One learning rate (Lu et al., Rothermel et al.: Adam)."""
-    return _make_optimizer(cfg, _trainable(model), lr), None
+    return _make_optimizer(cfg, _trainable(model), lr), ()
 
 
 def _nesterov(model: nn.Module, cfg: SchemeConfig, lr: float) -> Optimizer:
     """SGD with Nesterov momentum, one learning rate."""
     params = _trainable(model)
     sgd = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=True, fused=True)
-    return sgd, None
+    return sgd, ()
 
 
 def _discriminative(model: nn.Module, cfg: SchemeConfig, lr: float) -> Optimizer:
     """One parameter group per layer group at lr · decay^(depth from the top)."""
     groups = _trainable_groups(model)
-    return _by_group(groups, [lr * cfg.decay**depth for depth in _depths(groups)], cfg), None
+    return _by_group(groups, [lr * cfg.decay**depth for depth in _depths(groups)], cfg), ()
 
 
 def _gradual_unfreeze(model: nn.Module, cfg: SchemeConfig, lr: float) -> Optimizer:
-    """One LR; `on_epoch(e)` lets only the groups of depth <= e (from the top) train."""
+    """One LR; in epoch e only the groups of depth <= e (from the top) train."""
     groups = _trainable_groups(model)
     optimizer = _by_group(groups, [lr] * len(groups), cfg)
-
-    def on_epoch(epoch: int) -> None:
-        for group, depth in zip(groups, _depths(groups), strict=True):
-            for param in group.params.values():
-                param.requires_grad_(depth <= epoch)
-        unfrozen = [g.name for g, d in zip(groups, _depths(groups), strict=True) if d <= epoch]
-        log.info("epoch %d: training groups %s", epoch, ", ".join(unfrozen))
-
-    return optimizer, on_epoch
+    unfreeze = [
+        Unfreeze(depth, tuple(g.params.values()), g.name)
+        for g, depth in zip(groups, _depths(groups), strict=True)
+    ]
+    return optimizer, unfreeze
 
 
 def _trainable_groups(model: nn.Module) -> list[Group]:
