@@ -8,11 +8,13 @@ Files hold only tensors and plain containers (dicts, lists, tuples, numbers, str
 load with `torch.load(weights_only=True)`: loading a tampered file runs no code. Each file is
 written beside its target, fsynced, renamed over it and its directory fsynced (`atomic.py`), so a
 crash leaves the old checkpoint or the new one. One that cannot be read anyway (a disk fault, a
-copy cut short) raises `CheckpointError`, and nothing of it has been applied.
+copy cut short: every record is checked against its CRC-32) raises `CheckpointError` before
+anything of it is applied.
 """
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -63,12 +65,11 @@ def save(path: Path, state: LoopState, model: nn.Module, optimizer: torch.optim.
 
 
 def step(path: Path) -> int:
-    """The step a checkpoint resumes at (the file is memory-mapped, not read whole); 0 for a
-    file that cannot be read (its run starts afresh, see `load`)."""
+    """The step a checkpoint resumes at (its tensors memory-mapped, not read); 0 for a file
+    that cannot be read (its run starts afresh, see `load`)."""
     try:
-        payload = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-        return int(payload["loop"]["step"])
-    except Exception:  # noqa: BLE001 (any unreadable file counts as no checkpoint)
+        return int(_read(path, mmap=True)["loop"]["step"])
+    except (CheckpointError, KeyError, TypeError, ValueError):
         return 0
 
 
@@ -103,18 +104,35 @@ def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> Loop
     return state
 
 
-def _read(path: Path) -> dict[str, Any]:
+def _read(path: Path, mmap: bool = False) -> dict[str, Any]:
+    """The payload at `path`, after checking every record against its CRC-32 (torch.load itself
+    would return tensors whose bytes were damaged)."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 (torch raises many kinds for damaged files)
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+        if damaged is not None:
+            raise CheckpointError(f"checkpoint {path} is corrupt: {damaged} fails its checksum")
+        payload = torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
+    except CheckpointError:
+        raise
+    except Exception as err:  # noqa: BLE001 (torch and zipfile raise many kinds for damage)
         raise CheckpointError(
             f"checkpoint {path} cannot be read (corrupt, truncated, or holding objects other "
-            f"than weights): {reason}"
+            f"than weights): {_reason(err)}"
         ) from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is not a format-{FORMAT} xmodal-ft checkpoint")
     return payload
+
+
+def _reason(err: Exception) -> str:
+    """One line of `err`: for a refused object, the unpickler's refusal (torch's message is a
+    page of advice)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for line in lines:
+        if "WeightsUnpickler error:" in line:
+            return line.split("WeightsUnpickler error:")[1].split(". ")[0].strip()
+    return lines[0] if lines else type(err).__name__
 
 
 def _own(value: Any) -> Any:
