@@ -9,9 +9,12 @@ matmul over a (K, rows/K, features) view, LayerNorm with per-block scale and shi
 per-block tables. Frozen modules equal in every run stay single and take all R·B rows as one
 batch (the pretrained backbone under FPT); attention has no parameters and runs unchanged.
 
-Each run model's parameters become views of the stacked tensors, and its trainable parameters'
-`.grad` views of the stacked gradients, so every run keeps its own optimizer (its own LR and
-Adam state), checkpoint and best-weights copies, all built on its own model as a lone run would.
+Each run model's parameters become views of the stacked tensors, so every run keeps its own
+optimizer (its own LR and Adam state), checkpoint and best-weights copies, all built on its own
+model as a lone run would. One backward fills the stacked gradients; clipping and the optimizer
+step then work per run on slices of them: the step calls torch's fused Adam/SGD kernel on each
+run's own tensors (`FusedStep`: the update `optimizer.step()` makes, bit for bit, without its
+per-call Python work), so R runs cost R kernel calls and one step-counter update per step.
 
 Randomness is per run too: each run has its own generator (in the state its lone run would start
 training with), and dropout (modules, and attention dropout through SDPA's math path written out)
