@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from omegaconf import OmegaConf
 
 from conftest import make_cfg, tiny_model, with_keys
 from test_sweeps import TINY as SWEEP
 from test_sweeps import results, sweep
-from xmodal_ft import groups, lockstep, recipe, run, tasks
+from xmodal_ft import checkpoint, groups, lockstep, recipe, record, run, tasks
 from xmodal_ft.lockstep import LockstepError
 from xmodal_ft.recipe import RunSpec
 from xmodal_ft.record import run_key
@@ -97,6 +98,18 @@ def test_groups_hold_runs_that_differ_only_in_lr_and_seed(tmp_path) -> None:
         )
     ]
     assert groups.group(runs) == [[3, 1, 0], [2]]  # by (seed, lr) within a group
+
+
+def test_a_run_whose_checkpoint_is_damaged_groups_as_a_fresh_run(tmp_path) -> None:
+    runs = [RunSpec(make_cfg(f"lr={lr}"), tmp_path / f"{lr}") for lr in (1e-3, 1e-2, 3e-2)]
+    model = tiny_model()
+    optimizer = torch.optim.Adam(model.parameters(), fused=True)
+    for spec in runs:
+        key = record.config_hash(OmegaConf.to_container(spec.cfg, resolve=True))
+        path = spec.run_dir / f"checkpoint-{key}.pt"
+        checkpoint.save(path, checkpoint.LoopState(step=4), model, optimizer)
+    path.write_bytes(path.read_bytes()[:-100])  # the last run's file, cut short
+    assert groups.group(runs) == [[0, 1], [2]]  # resuming at step 4 | starting afresh
 
 
 def test_chunks_are_near_equal_and_at_most_max_runs() -> None:
