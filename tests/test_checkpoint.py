@@ -1,12 +1,19 @@
-"""Checkpoints: a fit interrupted after a checkpoint and resumed equals an uninterrupted fit."""
+"""Checkpoints: a fit interrupted after a checkpoint and resumed equals an uninterrupted fit; a
+damaged or foreign file is reported and its run starts afresh; files are durable and hold weights
+only."""
 
 from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import Interrupt, KillAt, sign_task, tiny_model
-from xmodal_ft import schemes
+from xmodal_ft import checkpoint, lockstep, schemes
+from xmodal_ft.checkpoint import LoopState
 from xmodal_ft.engine import FitConfig, fit
 
 CFG = FitConfig(
@@ -55,7 +62,7 @@ def test_resumed_fit_matches_uninterrupted_fit_exactly(
     path = tmp_path / "checkpoint.pt"
     with pytest.raises(Interrupt):
         train(path, KillAt(kill_at), scheme)
-    assert torch.load(path, weights_only=False)["loop"]["step"] == saved_at
+    assert torch.load(path, weights_only=True)["loop"]["step"] == saved_at
     torch.manual_seed(123)  # a new process: the checkpoint restores the RNG state
     logged = StepLog()
     model, resumed = train(path, logged, scheme)
@@ -67,3 +74,98 @@ def test_resumed_fit_matches_uninterrupted_fit_exactly(
     for (name, p), q in zip(model.named_parameters(), model_ref.parameters(), strict=True):
         assert torch.equal(p, q), name
         assert p.requires_grad == q.requires_grad, name
+
+
+# ---- damaged, foreign and durable files ---------------------------------------------------------
+
+
+class Planted:
+    """A pickled object that creates `marker` when unpickled by a loader that runs code."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (self.marker,))
+
+
+def damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    middle = len(data) // 2
+    if how == "truncated":  # a copy cut short
+        path.write_bytes(data[:middle])
+    elif how == "corrupt":  # flipped bytes inside a tensor's data: torch.load alone accepts them
+        path.write_bytes(data[:middle] + bytes(b ^ 0xFF for b in data[middle : middle + 64])
+                         + data[middle + 64 :])  # fmt: skip
+    elif how == "empty":
+        path.write_bytes(b"")
+    else:  # an object that is not a weight, where the loop state belongs
+        payload = torch.load(path, weights_only=True)
+        payload["loop"]["history"] = [Planted(path.parent / "code-ran")]
+        torch.save(payload, path)
+
+
+@pytest.mark.parametrize("how", ["truncated", "corrupt", "empty", "object"])
+def test_an_unreadable_checkpoint_is_reported_once_and_the_run_starts_afresh(
+    tmp_path, caplog, how: str
+) -> None:
+    _, ref = train()
+    path = tmp_path / "checkpoint.pt"
+    with pytest.raises(Interrupt):
+        train(path, KillAt(10))
+    damage(path, how)
+    assert checkpoint.step(path) == 0  # lockstep groups see a fresh run
+    logged = StepLog()
+    with caplog.at_level(logging.WARNING):
+        model, result = train(path, logged)
+    assert not (tmp_path / "code-ran").exists()  # weights_only: the planted call never ran
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and str(path) in warnings[0] and "\n" not in warnings[0]
+    assert logged.steps[0] == 0  # from the start
+    assert (result.best_val, result.best_step, result.test) == (ref.best_val, ref.best_step,
+                                                                ref.test)  # fmt: skip
+    assert result.history == ref.history
+
+
+def test_loading_runs_no_pickled_code_and_names_what_was_refused(tmp_path) -> None:
+    model = tiny_model()
+    plan = schemes.build(model, FIXED, lr=1e-3)
+    path = tmp_path / "checkpoint.pt"
+    checkpoint.save(path, LoopState(step=3), model, plan.optimizer)
+    assert checkpoint.load(path, model, plan.optimizer).step == 3
+    damage(path, "object")
+    with pytest.raises(checkpoint.CheckpointError, match="not an allowed global") as err:
+        checkpoint.load(path, model, plan.optimizer)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "code-ran").exists()
+    torch.load(path, weights_only=False)  # what a pickle loader would have done instead
+    assert (tmp_path / "code-ran").exists()
+
+
+def test_a_checkpoint_is_fsynced_before_and_after_its_rename(tmp_path, monkeypatch) -> None:
+    model = tiny_model()
+    plan = schemes.build(model, FIXED, lr=1e-3)
+    path = tmp_path / "run" / "checkpoint.pt"
+    synced: list[int] = []
+    fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_ino), fsync(fd)))
+    checkpoint.save(path, LoopState(step=3), model, plan.optimizer)
+    assert synced == [path.stat().st_ino, path.parent.stat().st_ino]  # the file, then its dir
+    assert [p.name for p in path.parent.iterdir()] == ["checkpoint.pt"]  # no temporary left
+
+
+def test_a_lockstep_runs_checkpoint_holds_its_own_tensors_only(tmp_path) -> None:
+    models = [tiny_model(), tiny_model()]
+    with torch.no_grad():
+        for p in models[1].parameters():
+            p.add_(1.0)
+    layout = lockstep.build(models, [lockstep.rng_state()] * 2)
+    plans = [schemes.build(m, FIXED, lr=1e-3) for m in models]
+    for r in (0, 1):
+        checkpoint.save(tmp_path / f"{r}.pt", LoopState(step=3), models[r], plans[r].optimizer)
+    assert layout.model.output_layer.weight.shape[0] == 2  # the runs' parameters are stacked
+    for r in (0, 1):
+        saved = torch.load(tmp_path / f"{r}.pt", weights_only=True)["params"]
+        for name, param in models[r].named_parameters():
+            assert torch.equal(saved[name], param), name
+            assert saved[name].untyped_storage().nbytes() == param.numel() * 4, name  # no other run

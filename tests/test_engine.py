@@ -10,8 +10,7 @@ from torch import nn
 
 from conftest import make_cfg, sign_task, tiny_model, with_keys
 from xmodal_ft import engine, run, schemes
-from xmodal_ft.engine import FitConfig, evaluate, fit
-from xmodal_ft.schemes import TrainPlan
+from xmodal_ft.engine import FitConfig, TrainPlan, Unfreeze, evaluate, fit
 from xmodal_ft.tasks.base import Split, TaskData, subsample
 
 
@@ -154,25 +153,25 @@ def test_best_weights_restore_parameters_unfrozen_after_the_best_step() -> None:
             assert torch.equal(param, initial[name]), name  # untouched in epoch 0
 
 
-def test_epoch_hook_runs_at_each_epoch_start_and_unfrozen_weights_restore() -> None:
-    data = sign_task(n=32)  # 4 batches of 8 per epoch
+def test_unfreeze_events_set_what_trains_per_epoch_and_best_weights_restore_late_ones(
+    monkeypatch,
+) -> None:
+    monkeypatch.setattr(engine, "evaluate_runs", ScriptedValidation([0.9, 0.5, 0.4, 0.3]))
     model = tiny_model()
     head = model.output_layer.weight
-    head.requires_grad_(False)
-    initial_head = head.detach().clone()
-    epochs: list[int] = []
-
-    def on_epoch(epoch: int) -> None:
-        epochs.append(epoch)
-        if epoch == 1:
-            head.requires_grad_(True)
-
-    params = list(model.parameters())
-    plan = TrainPlan(torch.optim.SGD(params, lr=1e-30), on_epoch=on_epoch)
-    fit(model, plan, data, FitConfig(batch_size=8, max_steps=12, eval_every=100, progress=False))
-    assert epochs == [0, 1, 2]
-    # Best state is step 0 (tiny LR: no val change), saved while the head was frozen.
-    assert torch.equal(model.output_layer.weight, initial_head)
+    initial = {n: p.detach().clone() for n, p in model.named_parameters()}
+    plan = TrainPlan(
+        torch.optim.SGD(list(model.parameters()), lr=0.1), unfreeze=[Unfreeze(1, (head,), "head")]
+    )
+    trains_head: list[bool] = []
+    plan.lr_scale = lambda step: float(trains_head.append(head.requires_grad) is None)
+    cfg = FitConfig(batch_size=8, max_steps=12, eval_every=4, progress=False)
+    result = fit(model, plan, sign_task(n=32), cfg)  # 4 batches of 8 per epoch
+    assert trains_head == [False] * 4 + [True] * 8
+    assert result.best_step == 0
+    # Restored to step 0 (best), when the head had not yet joined: it is back too.
+    for name, param in model.named_parameters():
+        assert torch.equal(param, initial[name]), name
 
 
 def test_lr_scale_sets_each_groups_lr_per_step() -> None:

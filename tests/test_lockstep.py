@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from omegaconf import OmegaConf
 
 from conftest import make_cfg, tiny_model, with_keys
 from test_sweeps import TINY as SWEEP
 from test_sweeps import results, sweep
-from xmodal_ft import groups, lockstep, recipe, run, tasks
+from xmodal_ft import checkpoint, groups, lockstep, recipe, record, run, tasks
 from xmodal_ft.lockstep import LockstepError
 from xmodal_ft.recipe import RunSpec
 from xmodal_ft.record import run_key
@@ -97,6 +98,18 @@ def test_groups_hold_runs_that_differ_only_in_lr_and_seed(tmp_path) -> None:
         )
     ]
     assert groups.group(runs) == [[3, 1, 0], [2]]  # by (seed, lr) within a group
+
+
+def test_a_run_whose_checkpoint_is_damaged_groups_as_a_fresh_run(tmp_path) -> None:
+    runs = [RunSpec(make_cfg(f"lr={lr}"), tmp_path / f"{lr}") for lr in (1e-3, 1e-2, 3e-2)]
+    model = tiny_model()
+    optimizer = torch.optim.Adam(model.parameters(), fused=True)
+    for spec in runs:
+        key = record.config_hash(OmegaConf.to_container(spec.cfg, resolve=True))
+        path = spec.run_dir / f"checkpoint-{key}.pt"
+        checkpoint.save(path, checkpoint.LoopState(step=4), model, optimizer)
+    path.write_bytes(path.read_bytes()[:-100])  # the last run's file, cut short
+    assert groups.group(runs) == [[0, 1], [2]]  # resuming at step 4 | starting afresh
 
 
 def test_chunks_are_near_equal_and_at_most_max_runs() -> None:
@@ -232,3 +245,77 @@ def test_frozen_pretrained_weights_are_stored_once_and_trainable_ones_per_run(
     assert lockstep.max_runs(built[0], 8, 16, torch.device("cpu"), frozen_shared=True) == 1
     monkeypatch.setattr(lockstep, "_free_memory", lambda device: 1 << 40)
     assert lockstep.max_runs(built[0], 8, 16, torch.device("cpu"), frozen_shared=True) == 64
+
+
+# ---- the stacked optimizer step and clipping --------------------------------------------------
+
+
+def stepped(kind: str, stacked: bool, runs: int = 3, steps: int = 3) -> list[dict]:
+    """Parameters and optimizer state of `runs` runs (lr 1e-2 · (r + 1)) after `steps` clipped
+    steps on random gradients (the same for both layouts); run 1 stops after the first step."""
+    models, optimizers = [], []
+    for r in range(runs):
+        model = tiny_model()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.01 * r)  # runs differ: no frozen tensor is shared
+        lr = 1e-2 * (r + 1)
+        params = list(model.parameters())
+        if kind.startswith("adam"):
+            fused = kind == "adam"  # adam_foreach: not fused, so it takes its own step
+            opt = torch.optim.Adam(params, lr=lr, fused=fused, foreach=not fused)
+        else:
+            nesterov = kind == "nesterov"
+            opt = torch.optim.SGD(params, lr=lr, momentum=0.9 * nesterov, nesterov=nesterov,
+                                  fused=True)  # fmt: skip
+        models.append(model)
+        optimizers.append(opt)
+    if stacked:
+        layouts = [lockstep.build(models, [lockstep.rng_state()] * runs)]
+    else:
+        layouts = [lockstep.Single(m) for m in models]
+    g = torch.Generator().manual_seed(0)
+    for step in range(steps):
+        active = [True, step == 0, *[True] * (runs - 2)]
+        grads = [[torch.randn(p.shape, generator=g) * 3 for p in m.parameters()] for m in models]
+        if stacked:
+            for j, param in enumerate(layouts[0].model.parameters()):
+                param.grad = torch.stack([run[j] for run in grads])
+        else:
+            for model, run in zip(models, grads, strict=True):
+                for param, grad in zip(model.parameters(), run, strict=True):
+                    param.grad = grad
+        for layout in layouts:
+            layout.clip(1.0)
+        if stacked:
+            layouts[0].step(optimizers, active)
+        else:
+            for layout, opt, on in zip(layouts, optimizers, active, strict=True):
+                layout.step([opt], [on])
+        for layout in layouts:
+            layout.zero_grad()
+    out = []
+    for model, opt in zip(models, optimizers, strict=True):
+        state = {f"param {n}": p.detach().clone() for n, p in model.named_parameters()}
+        for i, s in enumerate(opt.state.values()):
+            state.update({f"{k} {i}": v.clone() for k, v in s.items()})
+        out.append(state)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("kind", "threads"),
+    [("adam", 1), ("adam", 2), ("nesterov", 1), ("sgd", 1), ("adam_foreach", 1)],
+)
+def test_stacked_optimizer_step_is_each_runs_own_step_bit_for_bit(kind: str, threads: int) -> None:
+    """The stacked step (fused kernels called on each run's tensors, all step counters in one
+    op; an unfused optimizer takes its own step) and per-run clipping equal each run's
+    `clip_grad_norm_` + `optimizer.step()` exactly; a stopped run (run 1) does not update."""
+    torch.set_num_threads(threads)
+    alone, together = stepped(kind, stacked=False), stepped(kind, stacked=True)
+    for one, many in zip(alone, together, strict=True):
+        assert one.keys() == many.keys()
+        for key in one:
+            assert torch.equal(one[key], many[key]), key
+    if kind.startswith("adam"):
+        assert [s["step 0"].item() for s in together] == [3.0, 1.0, 3.0]

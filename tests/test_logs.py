@@ -15,8 +15,6 @@ from hydra.core.global_hydra import GlobalHydra
 from test_errors import ENTRYPOINT
 from test_images import write_mnist
 from xmodal_ft import errors, logs
-from xmodal_ft.errors import UserError
-from xmodal_ft.lockstep import LockstepError
 
 BANNER = re.compile(r"model \S+ \(.*\), variant \S+: [\d,]+ of [\d,]+ parameters trainable")
 TRAINABLE = "parameters trainable"
@@ -99,10 +97,6 @@ def test_progress_bars_show_for_train_validation_and_test(default_run) -> None:
         assert re.search(rf"{name}: 100%\|[^|]*\| {total}/{total} ", bars), name
 
 
-@pytest.mark.xfail(
-    reason="schemes.build still logs its own trainable count (schemes.py: log.info -> log.debug)",
-    strict=True,
-)
 def test_the_trainable_count_is_said_once(default_run) -> None:
     assert default_run["log"].count(TRAINABLE) == 1
 
@@ -152,11 +146,9 @@ def lockstep_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     "case",
     [
         "data",
-        pytest.param("scheme", marks=pytest.mark.xfail(
-            not issubclass(LockstepError, UserError), strict=True,
-            reason="LockstepError becomes a UserError when the branches merge")),
+        "scheme",
     ],
-)  # fmt: skip
+)
 def test_a_group_lockstep_cannot_train_is_one_error_line(monkeypatch, capfd, tmp_path, case):
     args, message = lockstep_cases(tmp_path)[case]
     sweep = tmp_path / "sweep"

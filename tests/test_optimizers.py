@@ -50,7 +50,8 @@ def test_discriminative_sgd_keeps_the_per_layer_lrs() -> None:
 def test_gradual_unfreeze_sgd() -> None:
     cfg = SchemeConfig("gradual_unfreeze", optimizer="sgd")
     plan = schemes.build(tiny_model(), cfg, lr=0.01)
-    assert type(plan.optimizer) is torch.optim.SGD and plan.on_epoch is not None
+    assert type(plan.optimizer) is torch.optim.SGD
+    assert [e.epoch for e in plan.unfreeze] == [3, 2, 1, 0]  # bottom, layer.0, layer.1, top
 
 
 def test_nesterov_with_adam_names_the_fix() -> None:

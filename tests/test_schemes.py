@@ -17,7 +17,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from conftest import CONF, SIGN, make_cfg, read_results, sign_task, tiny_model, trainable_names
 from glue_helpers import write_sst2
-from xmodal_ft import adapters, models, run, schedules, schemes, tasks, variants
+from xmodal_ft import adapters, engine, models, run, schedules, schemes, tasks, variants
 from xmodal_ft.engine import FitConfig, fit
 from xmodal_ft.layers import find_layers, layer_groups
 from xmodal_ft.schemes import SchemeConfig, SchemeError
@@ -38,7 +38,7 @@ def tiny(model: str, spec: TaskSpec = TEXT) -> models.CrossModalModel:
     return tiny_model(model, spec)
 
 
-def group_lrs(plan: schemes.TrainPlan) -> dict[str, float]:
+def group_lrs(plan: engine.TrainPlan) -> dict[str, float]:
     return {g["name"]: g["lr"] for g in plan.optimizer.param_groups}
 
 
@@ -146,9 +146,9 @@ def test_gradual_unfreezing_never_unfreezes_what_the_variant_froze() -> None:
     variants.set_trainable(model, ["output_layer.*", "*LayerNorm*"])
     allowed = trainable_names(model)
     plan = schemes.build(model, SchemeConfig("gradual_unfreeze"), lr=1e-3)
-    plan.on_epoch(10)
+    engine.enter_epoch(plan, 10)
     assert trainable_names(model) == allowed
-    plan.on_epoch(0)
+    engine.enter_epoch(plan, 0)
     assert trainable_names(model) == {"output_layer.weight", "output_layer.bias"}
 
 

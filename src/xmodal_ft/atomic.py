@@ -1,4 +1,5 @@
-"""Atomic writes: write a temporary file beside the target, then rename it over the target."""
+"""Atomic, durable writes: write a temporary file beside the target, fsync it, rename it over
+the target, fsync the directory."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from pathlib import Path
 def atomic_path(path: Path) -> Iterator[str]:
     """A temporary path beside `path` to write to; renamed over `path` if the block succeeds.
 
-    Readers see the old file or the complete new one, never a partial write. The file gets the
-    mode an ordinary `open` gives (0o666 less the umask: group-readable under umask 022 or 002),
-    not tempfile's private 0o600.
+    Readers see the old file or the complete new one, never a partial write, and once the block
+    returns the new file survives a crash or power loss (its data and the rename are on disk).
+    The file gets the mode an ordinary `open` gives (0o666 less the umask: group-readable under
+    umask 022 or 002), not tempfile's private 0o600.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
@@ -27,7 +29,17 @@ def atomic_path(path: Path) -> Iterator[str]:
             continue
     try:
         yield str(tmp)
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _fsync(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

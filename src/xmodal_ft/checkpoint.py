@@ -1,14 +1,21 @@
 """Training checkpoints: everything `engine.fit` needs to continue a run exactly where it stopped.
 
-A checkpoint holds the loop counters and history, the trainable parameters, the optimizer state,
-the best-validation copies and the global RNG states (dropout). The data order is not stored: it
-is a pure function of (seed, step), replayed by the engine. Files are written atomically.
+A checkpoint holds the run's loop state as is (counters, history, best-validation weights), its
+trainable parameters, its optimizer state and the global RNG states (dropout). The data order is
+not stored: it is a pure function of (seed, step), replayed by the engine.
+
+Files hold only tensors and plain containers (dicts, lists, tuples, numbers, strings), so they
+load with `torch.load(weights_only=True)`: loading a tampered file runs no code. Each file is
+written beside its target, fsynced, renamed over it and its directory fsynced (`atomic.py`), so a
+crash leaves the old checkpoint or the new one. One that cannot be read anyway (a disk fault, a
+copy cut short: every record is checked against its CRC-32) raises `CheckpointError` before
+anything of it is applied.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+import zipfile
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -17,35 +24,39 @@ from torch import nn
 
 from xmodal_ft.atomic import atomic_path
 
+FORMAT = 2  # 1: loop state and best copies apart, pickled with weights_only=False
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be read or does not fit the run; the message names it."""
+
 
 @dataclass
 class LoopState:
-    """The engine's loop variables at the start of `step`, before that step's evaluation."""
+    """One run's training loop at the start of `step`, before that step's evaluation."""
 
     step: int = 0
-    epoch: int = -1
+    epoch: int = -1  # the epoch of the last batch drawn
+    loss_sum: float | torch.Tensor = 0.0  # train loss summed since the last record
+    loss_count: int = 0
     best_val: dict[str, float] = field(default_factory=dict)
     best_step: int = 0
     evals_since_best: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
-    loss_sum: float = 0.0
-    loss_count: int = 0
     stopped_at: int | None = None  # the step a run stopped early at (lockstep runs go on)
+    seconds: float = 0.0  # training time so far (until it stopped)
+    val_seconds: float = 0.0  # of which validation passes
+    best_weights: dict[str, torch.Tensor] = field(default_factory=dict)  # at best_step
 
 
-def save(
-    path: Path,
-    state: LoopState,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    best: dict[str, dict[str, torch.Tensor]],
-) -> None:
-    """Write a checkpoint to a temporary file beside `path`, then rename it over `path`."""
+def save(path: Path, state: LoopState, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Write the checkpoint of a run atomically and durably (see the module docstring)."""
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     payload: dict[str, Any] = {
-        "loop": asdict(state),
-        "params": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
-        "optimizer": optimizer.state_dict(),
-        "best": {k: {n: t.cpu() for n, t in v.items()} for k, v in best.items()},
+        "format": FORMAT,
+        "loop": _own({f.name: getattr(state, f.name) for f in fields(state)}),
+        "params": _own({n: p.detach() for n, p in trainable.items()}),
+        "optimizer": _own(optimizer.state_dict()),
         "rng": torch.random.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
@@ -54,33 +65,85 @@ def save(
 
 
 def step(path: Path) -> int:
-    """The step a checkpoint resumes at (the file is memory-mapped, not read whole)."""
-    return torch.load(path, map_location="cpu", mmap=True, weights_only=False)["loop"]["step"]
+    """The step a checkpoint resumes at (its tensors memory-mapped, not read); 0 for a file
+    that cannot be read (its run starts afresh, see `load`)."""
+    try:
+        return int(_read(path, mmap=True)["loop"]["step"])
+    except (CheckpointError, KeyError, TypeError, ValueError):
+        return 0
 
 
-def load(
-    path: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    replay_epoch: Callable[[int], None],
-) -> tuple[LoopState, dict[str, dict[str, torch.Tensor]]]:
-    """Restore model, optimizer and RNGs from `path`; return the loop state and best copies.
+def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> LoopState:
+    """Restore model, optimizer and RNGs from `path`; return the loop state.
 
-    `replay_epoch(e)` is called for each epoch already started, so that epoch hooks (gradual
-    unfreezing) put `requires_grad` and the optimizer's groups back as they were.
+    Raises `CheckpointError` (before changing anything) when the file cannot be read, holds
+    objects other than tensors and plain containers, or does not fit `model` and `optimizer`.
     """
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    state = LoopState(**payload["loop"])
-    for epoch in range(state.epoch + 1):
-        replay_epoch(epoch)
-    device = next(model.parameters()).device
+    payload = _read(path)
     params = dict(model.named_parameters())
+    try:
+        state = LoopState(**payload["loop"])
+        saved = payload["params"]
+        for name, value in [*saved.items(), *state.best_weights.items()]:
+            if name not in params or value.shape != params[name].shape:
+                raise CheckpointError(f"checkpoint {path} does not fit the model ({name})")
+        rng, cuda_rng = payload["rng"], payload["cuda_rng"]
+        optimizer.load_state_dict(payload["optimizer"])
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CheckpointError(f"checkpoint {path} is not a checkpoint of this run: {err}") from err
+    device = next(model.parameters()).device
     with torch.no_grad():
-        for name, value in payload["params"].items():
+        for name, value in saved.items():
             params[name].copy_(value)
-    optimizer.load_state_dict(payload["optimizer"])
-    best = {k: {n: t.to(device) for n, t in v.items()} for k, v in payload["best"].items()}
-    torch.random.set_rng_state(payload["rng"])
-    if payload["cuda_rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(payload["cuda_rng"])
-    return state, best
+    state.best_weights = {n: t.to(device) for n, t in state.best_weights.items()}
+    torch.random.set_rng_state(rng)
+    if cuda_rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_rng)
+    return state
+
+
+def _read(path: Path, mmap: bool = False) -> dict[str, Any]:
+    """The payload at `path`, after checking every record against its CRC-32 (torch.load itself
+    would return tensors whose bytes were damaged)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+        if damaged is not None:
+            raise CheckpointError(f"checkpoint {path} is corrupt: {damaged} fails its checksum")
+        payload = torch.load(path, map_location="cpu", mmap=mmap, weights_only=True)
+    except CheckpointError:
+        raise
+    except Exception as err:  # noqa: BLE001 (torch and zipfile raise many kinds for damage)
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read (corrupt, truncated, or holding objects other "
+            f"than weights): {_reason(err)}"
+        ) from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} is not a format-{FORMAT} xmodal-ft checkpoint")
+    return payload
+
+
+def _reason(err: Exception) -> str:
+    """One line of `err`: for a refused object, the unpickler's refusal (torch's message is a
+    page of advice)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for line in lines:
+        if "WeightsUnpickler error:" in line:
+            return line.split("WeightsUnpickler error:")[1].split(". ")[0].strip()
+    return lines[0] if lines else type(err).__name__
+
+
+def _own(value: Any) -> Any:
+    """`value` with every tensor on the CPU in storage of its own: a view of a larger tensor
+    (a lockstep run's slice of its stacked parameter) is saved alone, not with the whole."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        whole = value.untyped_storage().nbytes() != value.numel() * value.element_size()
+        return value.clone() if whole or value.storage_offset() else value
+    if isinstance(value, dict):
+        return {k: _own(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_own(v) for v in value)
+    return value

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -15,9 +15,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from xmodal_ft import checkpoint, metrics
+from xmodal_ft.checkpoint import LoopState
 from xmodal_ft.lockstep import DEFAULT_LAUNCHER, Layout, LockstepError, Single
 from xmodal_ft.record import Tracker
-from xmodal_ft.schemes import TrainPlan
 from xmodal_ft.tasks.base import Split, TaskData, subsample
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,10 @@ class FitResult:
     val_seconds: float = 0.0  # spent in validation passes (shared by lockstep runs)
 
 
+def _constant(step: int) -> float:
+    return 1.0
+
+
 def select_device(name: str = "auto") -> torch.device:
     """CUDA when available (with TF32 matmuls), else CPU; or the device named."""
     if name == "auto":
@@ -68,6 +72,37 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+def per_example_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The default loss: cross-entropy of each example (the engine averages each run's)."""
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+@dataclass(frozen=True)
+class Unfreeze:
+    """`params` stay frozen until epoch `epoch` starts and train from then on."""
+
+    epoch: int
+    params: tuple[nn.Parameter, ...]
+    name: str = ""
+
+
+@dataclass
+class TrainPlan:
+    """How to train one run's model; schemes fill it, the engine follows it.
+
+    `optimizer` holds every parameter that ever trains, in groups with their base LRs;
+    `lr_scale(step)` multiplies each group's base LR at that step (the schedule); `unfreeze`
+    lists parameters that start frozen and when they join; `loss(logits, y)` gives each
+    example's loss. `params` counts parameters for the record (trainable / total / adapter).
+    """
+
+    optimizer: torch.optim.Optimizer
+    lr_scale: Callable[[int], float] = _constant
+    unfreeze: Sequence[Unfreeze] = ()
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = per_example_cross_entropy
+    params: dict[str, int] = field(default_factory=dict)
+
+
 def fit(
     model: nn.Module,
     plan: TrainPlan,
@@ -79,7 +114,8 @@ def fit(
     """Train one run with early stopping on validation; test with the best-validation weights.
 
     With `checkpoint_path`, the loop state is saved there every `cfg.checkpoint_every` steps and,
-    when the file exists at the start, training continues from it with identical results.
+    when the file exists at the start, training continues from it with identical results (an
+    unreadable file is reported and training starts afresh).
     """
     return fit_runs(Single(model), [plan], data, [cfg], [tracker], [checkpoint_path])[0]
 
@@ -96,33 +132,35 @@ def fit_runs(
 
     Runs share the loop settings and differ in seed (data order) and plan (LR, optimizer state);
     each has its own clipping, validation, early stopping (a stopped run stops updating), best
-    weights, checkpoint and tracker. All runs of a layout resume from the same step.
+    weights, checkpoint and tracker. All runs of a layout resume from the same step. Each run's
+    loop variables live in its `LoopState`, which its checkpoint holds as is.
     """
     cfg = _shared(cfgs)
     runs, model = layout.runs, layout.model
-    if runs > 1 and any(plan.on_epoch is not None for plan in plans):
-        raise LockstepError(f"epoch hooks (scheme=gradual_unfreeze): {DEFAULT_LAUNCHER}")
+    loss_fn = _loss_of(plans)
     device = next(model.parameters()).device
     metric = data.spec.metrics[0]
     val = subsample(data.val, cfg.val_subset, seed=0)
-    base_lrs = [[group["lr"] for group in plan.optimizer.param_groups] for plan in plans]
-    bests = [BestWeights(m) for m in layout.models]
+    optimizers = [plan.optimizer for plan in plans]
+    base_lrs = [[group["lr"] for group in opt.param_groups] for opt in optimizers]
     states = []
-    for r, (path, plan, best) in enumerate(zip(checkpoint_paths, plans, bests, strict=True)):
+    for r, (path, plan) in enumerate(zip(checkpoint_paths, plans, strict=True)):
         with layout.own_rng(r):
-            states.append(_resume(path, layout.models[r], plan, best))
+            states.append(_resume(path, layout.models[r], plan))
     first_step = states[0].step
     if any(state.step != first_step for state in states):
         raise ValueError("lockstep runs must resume from the same step; train them apart")
+    loss_sums = torch.tensor([float(s.loss_sum) for s in states], device=device)
+    for state, loss_sum in zip(states, loss_sums, strict=True):
+        state.loss_sum = loss_sum  # one add per step sums every run's loss
     active = [state.stopped_at is None for state in states]  # False once a run stopped early
-    ended: list[tuple[int, float]] = [(s.stopped_at or 0, 0.0) for s in states]  # (step, seconds)
-    loss_sum = torch.tensor([s.loss_sum for s in states], dtype=torch.float32, device=device)
-    loss_count = states[0].loss_count
-    epoch = states[0].epoch
-    batches = [
-        _shuffled_batches(data.train, cfg.batch_size, c.seed, device, first_step) for c in cfgs
-    ]
-    start, val_seconds = time.perf_counter(), 0.0
+    batches = [_shuffled_batches(data.train, cfg.batch_size, c.seed, first_step) for c in cfgs]
+    start = time.perf_counter()
+    seconds = [state.seconds for state in states]  # before this call (a resumed run)
+
+    def clock(r: int) -> float:
+        return seconds[r] + time.perf_counter() - start
+
     bar = tqdm(
         total=cfg.max_steps,
         initial=first_step,
@@ -132,73 +170,68 @@ def fit_runs(
     )
     model.train()
     for step in range(first_step, cfg.max_steps + 1):
+        for state in states:
+            state.step = step
         if _checkpoint_due(step, first_step, cfg):
-            for r in range(runs):
-                with layout.own_rng(r):
-                    _save(checkpoint_paths[r], states[r], step, epoch, loss_sum[r], loss_count,
-                          layout.models[r], plans[r], bests[r])  # fmt: skip
+            for r, (path, state) in enumerate(zip(checkpoint_paths, states, strict=True)):
+                if path is not None:
+                    if active[r]:
+                        state.seconds = clock(r)
+                    with layout.own_rng(r):
+                        checkpoint.save(path, state, layout.models[r], optimizers[r])
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
             val_start = time.perf_counter()
             scores = evaluate_runs(model, runs, val, data.spec.metrics, cfg, "val")
-            val_seconds += time.perf_counter() - val_start
-            for r in _indices(active):
-                state, score = states[r], scores[r]
-                record = {"step": step, **{f"val/{k}": v for k, v in score.items()}}
-                state.history.append(record)
-                _log(trackers[r], record, step)
-                if not state.best_val or score[metric] > state.best_val[metric]:
-                    state.best_val, state.best_step, state.evals_since_best = score, step, 0
-                    bests[r].save()
-                else:
-                    state.evals_since_best += 1
-                if cfg.patience is not None and state.evals_since_best >= cfg.patience:
-                    active[r], state.stopped_at = False, step
-                    ended[r] = (step, time.perf_counter() - start)
-            best = max(states[r].best_val[metric] for r in range(runs))
+            val_seconds = time.perf_counter() - val_start
+            for r, (state, score) in enumerate(zip(states, scores, strict=True)):
+                state.val_seconds += val_seconds
+                if active[r]:
+                    _validated(state, score, metric, cfg, trackers[r], layout.models[r], plans[r])
+                    if state.stopped_at is not None:
+                        active[r], state.seconds = False, clock(r)
+            best = max(state.best_val[metric] for state in states)
             bar.set_postfix({f"best_val_{metric}": f"{best:.3f}"}, refresh=False)
             if not any(active):
                 break
         if step == cfg.max_steps:
             break
         drawn = [next(b) for b in batches]
-        if drawn[0][0] != epoch:
-            epoch = drawn[0][0]
-            for plan, best in zip(plans, bests, strict=True):
-                if plan.on_epoch is not None:
-                    best.before_unfreeze()
-                    plan.on_epoch(epoch)
-                    best.after_unfreeze()
+        if drawn[0][0] != states[0].epoch:
+            for state, plan in zip(states, plans, strict=True):
+                state.epoch = drawn[0][0]
+                enter_epoch(plan, state.epoch)
         scales = [plan.lr_scale(step) for plan in plans]
-        for plan, lrs, scale in zip(plans, base_lrs, scales, strict=True):
-            for group, base_lr in zip(plan.optimizer.param_groups, lrs, strict=True):
+        for optimizer, lrs, scale in zip(optimizers, base_lrs, scales, strict=True):
+            for group, base_lr in zip(optimizer.param_groups, lrs, strict=True):
                 group["lr"] = base_lr * scale
-        x, lengths, y = _stack_batches([batch for _, batch in drawn])
+        x, lengths, y = _runs_batch(data.train, [idx for _, idx in drawn], device)
         with autocast(device):
             logits = model(x, lengths)
-            losses = F.cross_entropy(logits, y, reduction="none").view(runs, -1).mean(dim=1)
+            losses = loss_fn(logits, y).view(runs, -1).mean(dim=1)
         losses.sum().backward()
         if cfg.grad_clip is not None:
             layout.clip(cfg.grad_clip)
-        for r in _indices(active):
-            plans[r].optimizer.step()
+        layout.step(optimizers, active)
         layout.zero_grad()
-        loss_sum += losses.detach()
-        loss_count += 1
+        loss_sums += losses.detach()
+        for state in states:
+            state.loss_count += 1
         bar.update()
         if (step + 1) % cfg.log_every == 0:
-            train_losses = (loss_sum / loss_count).tolist()
+            train_losses = (loss_sums / states[0].loss_count).tolist()
             for r in _indices(active):
                 lr = base_lrs[r][0] * scales[r]
                 values = {"step": step + 1, "train/loss": train_losses[r], "lr": lr}
                 _log(trackers[r], values, step + 1)
             bar.set_postfix({"loss": f"{min(train_losses):.3f}"}, refresh=False)
-            loss_sum.zero_()
-            loss_count = 0
+            loss_sums.zero_()
+            for state in states:
+                state.loss_count = 0
     bar.close()
     for r in _indices(active):
-        ended[r] = (step, time.perf_counter() - start)
-    for best in bests:
-        best.restore()
+        states[r].seconds = clock(r)
+    for state, run_model in zip(states, layout.models, strict=True):
+        _restore(run_model, state.best_weights)
     tests = evaluate_runs(model, runs, data.test, data.spec.metrics, cfg, "test")
     results = []
     for r, (state, test) in enumerate(zip(states, tests, strict=True)):
@@ -207,12 +240,35 @@ def fit_runs(
             f"run {r}: " if runs > 1 else "",
             metric, state.best_val[metric], state.best_step, metric, test[metric],
         )  # fmt: skip
-        steps, seconds = ended[r]
+        steps = state.stopped_at if state.stopped_at is not None else state.step
         results.append(
-            FitResult(state.best_val, state.best_step, test, steps, not active[r], seconds,
-                      state.history, val_seconds)
+            FitResult(state.best_val, state.best_step, test, steps, state.stopped_at is not None,
+                      state.seconds, state.history, state.val_seconds)
         )  # fmt: skip
     return results
+
+
+def _validated(
+    state: LoopState,
+    score: dict[str, float],
+    metric: str,
+    cfg: FitConfig,
+    tracker: Tracker | None,
+    model: nn.Module,
+    plan: TrainPlan,
+) -> None:
+    """Record a validation score in `state`: history, best score and weights (every parameter
+    that can train, so restoring needs no knowledge of unfreezing), early stopping."""
+    record = {"step": state.step, **{f"val/{k}": v for k, v in score.items()}}
+    state.history.append(record)
+    _log(tracker, record, state.step)
+    if not state.best_val or score[metric] > state.best_val[metric]:
+        state.best_val, state.best_step, state.evals_since_best = score, state.step, 0
+        state.best_weights = _snapshot(model, plan)
+    else:
+        state.evals_since_best += 1
+    if cfg.patience is not None and state.evals_since_best >= cfg.patience:
+        state.stopped_at = state.step
 
 
 def evaluate(
@@ -261,61 +317,61 @@ def _evaluate(
     return [metrics.compute(names, pred, split.y) for pred in by_run]
 
 
-class BestWeights:
-    """Copies of the trainable parameters at the best validation step, restorable at the end.
-
-    Parameters that a scheme unfreezes later keep their pre-unfreeze values, so restoring a
-    state saved while they were frozen puts those values back too.
-    """
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-        self.saved: dict[str, torch.Tensor] = {}
-        self.before_training: dict[str, torch.Tensor] = {}
-        self._frozen: set[str] = set()
-
-    def save(self) -> None:
-        self.saved = {
-            n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad
-        }
-
-    def before_unfreeze(self) -> None:
-        self._frozen = {n for n, p in self.model.named_parameters() if not p.requires_grad}
-
-    def after_unfreeze(self) -> None:
-        for name, param in self.model.named_parameters():
-            if param.requires_grad and name in self._frozen and name not in self.before_training:
-                self.before_training[name] = param.detach().clone()
-
-    @torch.no_grad()
-    def restore(self) -> None:
-        for name, param in self.model.named_parameters():
-            value = self.saved.get(name, self.before_training.get(name))
-            if value is not None:
-                param.copy_(value)
-
-
 def _checkpoint_due(step: int, first_step: int, cfg: FitConfig) -> bool:
     """A checkpoint is written every `checkpoint_every` steps, before that step's evaluation."""
     every = cfg.checkpoint_every
     return bool(every) and first_step < step < cfg.max_steps and step % every == 0
 
 
-def _resume(
-    path: Path | None, model: nn.Module, plan: TrainPlan, best: BestWeights
-) -> checkpoint.LoopState:
-    """The loop state saved at `path` (model, optimizer, RNGs restored), or a fresh one."""
+def _resume(path: Path | None, model: nn.Module, plan: TrainPlan) -> LoopState:
+    """The loop state saved at `path` (model, optimizer and RNGs restored), or a fresh one when
+    there is none or it cannot be read (reported, the file left to be overwritten)."""
     if path is None or not path.exists():
-        return checkpoint.LoopState()
-
-    def replay_epoch(epoch: int) -> None:
-        if plan.on_epoch is not None:
-            plan.on_epoch(epoch)
-
-    state, copies = checkpoint.load(path, model, plan.optimizer, replay_epoch)
-    best.saved, best.before_training = copies["saved"], copies["before_training"]
+        return LoopState()
+    try:
+        state = checkpoint.load(path, model, plan.optimizer)
+    except checkpoint.CheckpointError as err:
+        log.warning("%s; training this run from the start", err)
+        return LoopState()
+    if state.epoch >= 0:
+        enter_epoch(plan, state.epoch, quiet=True)
     log.info("resumed from %s at step %d", path, state.step)
     return state
+
+
+def enter_epoch(plan: TrainPlan, epoch: int, quiet: bool = False) -> None:
+    """At the start of `epoch`: each of the plan's late parameters trains iff its time came."""
+    if not plan.unfreeze:
+        return
+    for event in plan.unfreeze:
+        for param in event.params:
+            param.requires_grad_(epoch >= event.epoch)
+    if not quiet:
+        names = [e.name for e in plan.unfreeze if epoch >= e.epoch]
+        log.info("epoch %d: training groups %s", epoch, ", ".join(names))
+
+
+def _snapshot(model: nn.Module, plan: TrainPlan) -> dict[str, torch.Tensor]:
+    """Copies of every parameter of the plan's optimizer (all that can ever train), by name."""
+    ids = {id(p) for group in plan.optimizer.param_groups for p in group["params"]}
+    return {n: p.detach().clone() for n, p in model.named_parameters() if id(p) in ids}
+
+
+@torch.no_grad()
+def _restore(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    for name, value in weights.items():
+        params[name].copy_(value)
+
+
+def _loss_of(plans: Sequence[TrainPlan]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The runs' loss function; runs trained together share it and have no unfreeze events."""
+    if len(plans) > 1:
+        if any(plan.unfreeze for plan in plans):
+            raise LockstepError(f"unfreeze events (scheme=gradual_unfreeze): {DEFAULT_LAUNCHER}")
+        if len({plan.loss for plan in plans}) > 1:
+            raise LockstepError(f"runs with different loss functions: {DEFAULT_LAUNCHER}")
+    return plans[0].loss
 
 
 def _shared(cfgs: Sequence[FitConfig]) -> FitConfig:
@@ -327,26 +383,6 @@ def _shared(cfgs: Sequence[FitConfig]) -> FitConfig:
 
 def _indices(flags: list[bool]) -> list[int]:
     return [i for i, flag in enumerate(flags) if flag]
-
-
-def _save(
-    path: Path | None,
-    state: checkpoint.LoopState,
-    step: int,
-    epoch: int,
-    loss_sum: torch.Tensor,
-    loss_count: int,
-    model: nn.Module,
-    plan: TrainPlan,
-    best: BestWeights,
-) -> None:
-    """One run's checkpoint at the start of `step`, before that step's evaluation."""
-    if path is None:
-        return
-    state.step, state.epoch = step, epoch
-    state.loss_sum, state.loss_count = loss_sum.item(), loss_count
-    best_copies = {"saved": best.saved, "before_training": best.before_training}
-    checkpoint.save(path, state, model, plan.optimizer, best_copies)
 
 
 def _stack_batches(
@@ -371,12 +407,10 @@ def _log(tracker: Tracker | None, values: dict[str, float], step: int) -> None:
 
 
 def _shuffled_batches(
-    split: Split, batch_size: int, seed: int, device: torch.device, skip: int = 0
-) -> Iterator[tuple[int, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]]]:
-    """Endless (epoch, batch) pairs: a seeded permutation per epoch, dropping the last partial.
-
-    The first `skip` batches are passed over without being built (to resume a run).
-    """
+    split: Split, batch_size: int, seed: int, skip: int = 0
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Endless (epoch, example indices) pairs: a seeded permutation per epoch, dropping the last
+    partial batch. The first `skip` batches are passed over (to resume a run)."""
     if len(split) < batch_size:
         raise ValueError(f"batch_size={batch_size} exceeds the {len(split)} training examples")
     generator = torch.Generator().manual_seed(seed)
@@ -386,8 +420,18 @@ def _shuffled_batches(
         order = torch.randperm(len(split), generator=generator)
         for i, start in enumerate(range(0, per_epoch * batch_size, batch_size)):
             if epoch * per_epoch + i >= skip:
-                yield epoch, _batch(split, order[start : start + batch_size], device)
+                yield epoch, order[start : start + batch_size]
         epoch += 1
+
+
+def _runs_batch(
+    split: Split, idxs: list[torch.Tensor], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """The runs' batches (rows `idxs[r]` of `split`) as one run-major batch: one gather where
+    sequences have one length, else each run's batch trimmed as alone, then padded."""
+    if len(idxs) == 1 or split.lengths is None:
+        return _batch(split, idxs[0] if len(idxs) == 1 else torch.cat(idxs), device)
+    return _stack_batches([_batch(split, idx, device) for idx in idxs])
 
 
 def _batch(

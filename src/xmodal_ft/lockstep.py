@@ -9,9 +9,12 @@ matmul over a (K, rows/K, features) view, LayerNorm with per-block scale and shi
 per-block tables. Frozen modules equal in every run stay single and take all R·B rows as one
 batch (the pretrained backbone under FPT); attention has no parameters and runs unchanged.
 
-Each run model's parameters become views of the stacked tensors, and its trainable parameters'
-`.grad` views of the stacked gradients, so every run keeps its own optimizer (its own LR and
-Adam state), checkpoint and best-weights copies, all built on its own model as a lone run would.
+Each run model's parameters become views of the stacked tensors, so every run keeps its own
+optimizer (its own LR and Adam state), checkpoint and best-weights copies, all built on its own
+model as a lone run would. One backward fills the stacked gradients; clipping and the optimizer
+step then work per run on slices of them: the step calls torch's fused Adam/SGD kernel on each
+run's own tensors (`FusedStep`: the update `optimizer.step()` makes, bit for bit, without its
+per-call Python work), so R runs cost R kernel calls and one step-counter update per step.
 
 Randomness is per run too: each run has its own generator (in the state its lone run would start
 training with), and dropout (modules, and attention dropout through SDPA's math path written out)
@@ -30,18 +33,20 @@ from contextvars import ContextVar
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim import optimizer as torch_optimizer
 from transformers import AttentionInterface, PretrainedConfig
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.pytorch_utils import Conv1D
 
+from xmodal_ft.errors import UserError
 from xmodal_ft.inputs import PrependToken
 
 RngState = tuple[torch.Tensor, torch.Tensor | None]  # CPU and CUDA generator states
 ATTENTION = "lockstep_sdpa"  # SDPA with per-run attention-dropout masks
 
 
-class LockstepError(ValueError):
+class LockstepError(UserError, ValueError):
     """A configuration that cannot train in lockstep; the message names the way out."""
 
 
@@ -61,6 +66,10 @@ class Single:
         params = [p for p in self.model.parameters() if p.requires_grad]
         nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
 
+    def step(self, optimizers: Sequence[torch.optim.Optimizer], active: Sequence[bool]) -> None:
+        if active[0]:
+            optimizers[0].step()
+
     def zero_grad(self) -> None:
         self.model.zero_grad(set_to_none=True)
 
@@ -77,7 +86,14 @@ class Stacked:
         self.runs = len(models)
         self.generators = [_generators(state) for state in rng_states]
         self.rows = 0  # rows of the carrier's current batch (R · per-run rows)
-        self.grads: list[torch.Tensor] = []
+        self.params: list[nn.Parameter] = []  # the stacked trainable parameters
+        self._slot: dict[int, int] = {}  # id(a run's parameter) -> its index in self.params
+        self._grads: list[torch.Tensor] | None = None  # this step's, once backward ran
+        self._clip_order: list[int] = []
+        self._fused: list[FusedStep | None] | None = None  # built at the first step
+        self._counts = torch.zeros(0)  # Adam's step counters, (runs, parameters)
+        self._active: tuple[bool, ...] = ()
+        self._advance = torch.zeros(0)
         shared = {id(t): t for m in models[:1] for t in [*m.parameters(), *m.buffers()]}
         self.model = copy.deepcopy(models[0], memo=dict(shared))  # modules copied, tensors shared
         self.model.register_forward_pre_hook(self._enter)
@@ -122,13 +138,12 @@ class Stacked:
         size = self.runs // blocks
         stacked = torch.stack([per_run[b * size].detach() for b in range(blocks)])
         param = nn.Parameter(stacked, requires_grad=first.requires_grad)
-        if param.requires_grad:
-            param.grad = torch.zeros_like(param)
-            self.grads.append(param.grad)
         for run, value in enumerate(per_run):
             value.data = param.data[run // size]
-            if param.requires_grad:
-                value.grad = param.grad[run // size]
+            if param.requires_grad:  # trainable: one block per run
+                self._slot[id(value)] = len(self.params)
+        if param.requires_grad:
+            self.params.append(param)
         return param
 
     def _enter(self, module: nn.Module, args: tuple) -> None:
@@ -155,30 +170,181 @@ class Stacked:
 
     def keep_masks(self, x: torch.Tensor, keep: float) -> torch.Tensor:
         """Each run's Bernoulli(`keep`) mask of its rows of `x`, drawn from its own generator as
-        dropout draws it (`empty_like(input).bernoulli_(keep)`), concatenated."""
-        shape = (x.shape[0] // self.runs, *x.shape[1:])
+        dropout draws it (`empty_like(input).bernoulli_(keep)`; each run's block is contiguous),
+        run-major as the rows."""
+        masks = torch.empty((self.runs, x.shape[0] // self.runs, *x.shape[1:]), dtype=x.dtype,
+                            device=x.device)  # fmt: skip
         index = 1 if x.device.type == "cuda" else 0
-        return torch.cat(
-            [
-                torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(keep, generator=g)
-                for g in (gens[index] for gens in self.generators)
-            ]
-        )
+        for mask, generators in zip(masks, self.generators, strict=True):
+            mask.bernoulli_(keep, generator=generators[index])
+        return masks.view(x.shape)
+
+    def grads(self) -> list[torch.Tensor]:
+        """This step's gradient of each stacked parameter, (runs, ...): the one backward handed
+        it (zeros where backward did not reach it)."""
+        if self._grads is None:
+            self._grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in self.params]
+        return self._grads
 
     @torch.no_grad()
     def clip(self, max_norm: float) -> None:
-        """`clip_grad_norm_` per run: each run's norm is over its own slices of the gradients."""
-        norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in self.grads])
-        total = torch.linalg.vector_norm(norms, dim=0)
+        """`clip_grad_norm_` of each run over its own slices of the gradients: each tensor's
+        norm, the norm of those, then every gradient times min(1, max_norm / (norm + 1e-6))."""
+        grads = self.grads()
+        if not self._clip_order:  # the stacked gradients in a run's parameter order
+            self._clip_order = [self._slot[id(p)] for p in _trainable(self.models[0])]
+        norms = [torch.linalg.vector_norm(grads[j].flatten(1), dim=1) for j in self._clip_order]
+        total = torch.linalg.vector_norm(torch.stack(norms, dim=1), dim=1)
         coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
-        for grad in self.grads:
+        for grad in grads:
             grad.mul_(coef.view(-1, *[1] * (grad.dim() - 1)))
 
+    @torch.no_grad()
+    def step(self, optimizers: Sequence[torch.optim.Optimizer], active: Sequence[bool]) -> None:
+        """One optimizer step of each active run; a stopped run does not update.
+
+        Runs with fused Adam or SGD call torch's fused kernel directly on their own tensors
+        (`FusedStep`: bit for bit their `optimizer.step()`, without its per-call Python work);
+        Adam's step counters of all runs are one (runs, parameters) tensor, advanced in one op.
+        Other optimizers take their own step on their parameters' gradient views.
+        """
+        if self._fused is None:
+            width = max(len(_trainable(m)) for m in self.models)
+            self._counts = torch.zeros(self.runs, width, device=self.params[0].device)
+            self._fused = [
+                FusedStep.of(opt, steps, self._slot)
+                for opt, steps in zip(optimizers, self._counts, strict=True)
+            ]
+        if self._active != tuple(active):
+            self._active = tuple(active)
+            adam = [bool(a and f and f.adam) for a, f in zip(active, self._fused, strict=True)]
+            self._advance = torch.tensor(adam, dtype=torch.float32, device=self._counts.device)
+            self._advance = self._advance.unsqueeze(1)
+        self._counts.add_(self._advance)
+        by_run = list(zip(*(g.unbind(0) for g in self.grads()), strict=True))  # [run][slot]
+        for r, (optimizer, fused) in enumerate(zip(optimizers, self._fused, strict=True)):
+            if not active[r]:
+                continue
+            grads = by_run[r]
+            if fused is not None:
+                fused(grads)
+                continue
+            for group in optimizer.param_groups:
+                for param in group["params"]:
+                    param.grad = grads[self._slot[id(param)]]
+            optimizer.step()
+
     def zero_grad(self) -> None:
-        torch._foreach_zero_(self.grads)
+        """Gradients freed: the next backward hands each stacked parameter a new gradient (no
+        zero fill, no accumulation into a kept buffer)."""
+        for param in self.params:
+            param.grad = None
+        self._grads = None
 
 
 Layout = Single | Stacked
+
+
+class FusedStep:
+    """One run's optimizer step as direct calls of torch's fused kernel, one per parameter group,
+    on the optimizer's own state tensors: `torch._fused_adam_` / `torch._fused_sgd_` get the
+    tensors and hyper-parameters that `Adam(fused=True).step()` / `SGD(fused=True).step()` pass
+    them, so the update is bit for bit the optimizer's.
+
+    Gradients come per call, indexed by slot (`slots`: id(parameter) -> slot). Adam's
+    per-parameter step counters become the elements of `steps` (state["step"] is a view of one
+    element: still one counter per parameter, as in torch); the caller advances them.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, steps: torch.Tensor, slots: dict):
+        self.adam = isinstance(optimizer, torch.optim.Adam)
+        self.groups: list[tuple[dict, list[int], list[list[torch.Tensor]]]] = []
+        self.first = False  # SGD with momentum: the buffers are filled by the first step
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        for p, counter in zip(params, steps, strict=False):
+            state = optimizer.state[p]
+            if self.adam:
+                if not state:  # as Adam._init_group creates it
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                else:
+                    counter.copy_(state["step"])
+                state["step"] = counter
+        for group in optimizer.param_groups:
+            params = list(group["params"])
+            states = [optimizer.state[p] for p in params]
+            if self.adam:
+                moments = [[s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]]
+                lists = [params, *moments, [s["step"] for s in states]]
+            else:
+                buffers = [s.get("momentum_buffer") for s in states]
+                if group["momentum"] != 0 and all(b is None for b in buffers):
+                    buffers = [torch.empty_like(p) for p in params]  # as _fused_sgd makes them
+                    for state, buffer in zip(states, buffers, strict=True):
+                        state["momentum_buffer"] = buffer
+                    self.first = True
+                lists = [params, [] if group["momentum"] == 0 else buffers]
+            self.groups.append((group, [slots[id(p)] for p in params], lists))
+
+    @classmethod
+    def of(
+        cls, optimizer: torch.optim.Optimizer, steps: torch.Tensor, slots: dict
+    ) -> FusedStep | None:
+        """The fused step of `optimizer`, or None where it would not be exactly its own step:
+        other optimizers, unfused or tensor-LR groups, AMSGrad, parameters without a slot, mixed
+        devices or dtypes, step hooks."""
+        if type(optimizer) not in (torch.optim.Adam, torch.optim.SGD):
+            return None
+        if optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks:
+            return None
+        hooks = torch_optimizer
+        if hooks._global_optimizer_pre_hooks or hooks._global_optimizer_post_hooks:
+            return None
+        kinds = set()
+        for group in optimizer.param_groups:
+            if not group.get("fused") or group.get("differentiable") or group.get("capturable"):
+                return None
+            if isinstance(group["lr"], torch.Tensor) or group.get("amsgrad"):
+                return None
+            if group.get("decoupled_weight_decay"):
+                return None
+            if isinstance(optimizer, torch.optim.Adam) and any(
+                isinstance(b, torch.Tensor) for b in group["betas"]
+            ):
+                return None
+            for p in group["params"]:
+                if id(p) not in slots:
+                    return None
+                kinds.add((p.device, p.dtype))
+        if len(kinds) != 1 or getattr(optimizer, "grad_scale", None) is not None:
+            return None
+        return cls(optimizer, steps, slots)
+
+    def __call__(self, grads: Sequence[torch.Tensor]) -> None:
+        """One step with the run's gradients `grads` (by slot)."""
+        for group, slots, lists in self.groups:
+            group_grads = [grads[j] for j in slots]
+            if self.adam:
+                params, exp_avgs, exp_avg_sqs, steps = lists
+                beta1, beta2 = group["betas"]
+                torch._fused_adam_(
+                    params, group_grads, exp_avgs, exp_avg_sqs, [], steps, lr=group["lr"],
+                    beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
+                    eps=group["eps"], amsgrad=False, maximize=group["maximize"],
+                )  # fmt: skip
+            else:
+                params, buffers = lists
+                torch._fused_sgd_(
+                    params, group_grads, buffers, weight_decay=group["weight_decay"],
+                    momentum=group["momentum"], lr=group["lr"], dampening=group["dampening"],
+                    nesterov=group["nesterov"], maximize=group["maximize"],
+                    is_first_step=self.first,
+                )  # fmt: skip
+        self.first = False
+
+
+def _trainable(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def build(models: Sequence[nn.Module], rng_states: Sequence[RngState]) -> Layout:

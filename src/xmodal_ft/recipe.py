@@ -22,6 +22,7 @@ from torch import nn
 from xmodal_ft import (
     allocator,
     engine,
+    labels,
     lockstep,
     logs,
     models,
@@ -321,7 +322,7 @@ def banner(
     weights = f"pretrained {cfg.model.path}" if cfg.variant.pretrained else "random init"
     trainable = f"{params['trainable']:,} of {params['total']:,} parameters trainable"
     share = f"{100 * params['trainable'] / params['total']:.2f}%"
-    scheme = [schemes.optimizer_name(schemes.SchemeConfig(**_plain(cfg.scheme)))]
+    scheme = [labels.optimizer_name(schemes.SchemeConfig(**_plain(cfg.scheme)))]
     if cfg.scheme.adapter != "none":
         scheme.append(f"adapter {cfg.scheme.adapter}: {params.get('adapter', 0):,} parameters")
     if cfg.scheme.schedule != "constant":

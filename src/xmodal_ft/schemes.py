@@ -10,7 +10,7 @@ rule of fixed, discriminative and gradual_unfreeze (default adam):
 - gradual_unfreeze: one LR; at epoch e only the top e+1 layer groups train (ULMFiT).
 Layer groups come from `layers.layer_groups`: bottom (input layer, embeddings), each layer, top.
 A scheme option names its function in `_target_` (conf/scheme/*.yaml), so a scheme of your own is
-a function `(model, SchemeConfig, lr) -> (optimizer, on_epoch or None)` anywhere importable;
+a function `(model, SchemeConfig, lr) -> (optimizer, unfreeze events)` anywhere importable;
 `scheme.adapter` likewise takes `module.function` (`(model, SchemeConfig) -> parameter count`).
 Optimizers hold trainable parameters only and use fused kernels (CPU and CUDA; on CPU 3-6x faster
 per step than the multi-tensor `foreach` ones).
@@ -19,8 +19,7 @@ per step than the multi-tensor `foreach` ones).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 
 import torch
 from hydra.utils import get_method
@@ -28,7 +27,9 @@ from torch import nn
 
 from xmodal_ft import adapters, schedules
 from xmodal_ft.config import SchemeConfig
+from xmodal_ft.engine import TrainPlan, Unfreeze
 from xmodal_ft.errors import UserError
+from xmodal_ft.labels import optimizer_name
 from xmodal_ft.layers import Group, layer_groups
 
 log = logging.getLogger(__name__)
@@ -43,21 +44,12 @@ class SchemeError(UserError, ValueError):
     """An invalid scheme option; the message names the key to fix."""
 
 
-@dataclass
-class TrainPlan:
-    """What the engine needs from a scheme: an optimizer, an LR multiplier per step, epoch hooks."""
-
-    optimizer: torch.optim.Optimizer
-    lr_scale: Callable[[int], float] = lambda step: 1.0
-    on_epoch: Callable[[int], None] | None = None
-    params: dict[str, int] = field(default_factory=dict)  # trainable / total / adapter counts
-
-
-Optimizer = tuple[torch.optim.Optimizer, Callable[[int], None] | None]
+Optimizer = tuple[torch.optim.Optimizer, Sequence[Unfreeze]]  # and when late groups join
 
 
 def build(model: nn.Module, cfg: SchemeConfig, lr: float, total_steps: int = 1) -> TrainPlan:
-    """Adapters (if any), then the optimizer of scheme `cfg.name` over the trainable parameters.
+    """Adapters (if any), then the engine's plan for scheme `cfg.name`: the optimizer over the
+    trainable parameters, the LR schedule and (gradual unfreezing) when layer groups join.
 
     `total_steps` is the run's step budget (the slanted triangular schedule spans it).
     """
@@ -67,20 +59,20 @@ def build(model: nn.Module, cfg: SchemeConfig, lr: float, total_steps: int = 1) 
     except ValueError as err:
         raise SchemeError(str(err)) from err
     adapter_params = _adapter(cfg)(model, cfg)
-    optimizer, on_epoch = _scheme(cfg)(model, cfg, lr)
+    optimizer, unfreeze = _scheme(cfg)(model, cfg, lr)
     params = list(model.parameters())
     counts = {
         "trainable": sum(p.numel() for p in params if p.requires_grad),
         "total": sum(p.numel() for p in params),
         "adapter": adapter_params,
     }
-    log.info(
+    log.debug(
         "scheme %s (optimizer %s, adapter %s, schedule %s): %s of %s parameters trainable "
         "(%.2f%%)", cfg.name, optimizer_name(cfg), cfg.adapter, cfg.schedule,
         f"{counts['trainable']:,}", f"{counts['total']:,}",
         100 * counts["trainable"] / counts["total"],
     )  # fmt: skip
-    return TrainPlan(optimizer, lr_scale, on_epoch, counts)
+    return TrainPlan(optimizer, lr_scale, unfreeze, params=counts)
 
 
 def check(cfg: SchemeConfig, model_type: str | None = None) -> None:
@@ -161,11 +153,6 @@ def adapter_houlsby(model: nn.Module, cfg: SchemeConfig) -> int:
         raise SchemeError(str(err)) from err
 
 
-def optimizer_name(cfg: SchemeConfig) -> str:
-    """The optimizer a scheme config uses: scheme.optimizer, else the scheme's own."""
-    return cfg.optimizer or ("sgd" if cfg.name == "nesterov" else "adam")
-
-
 def _make_optimizer(cfg: SchemeConfig, params: list, lr: float) -> torch.optim.Optimizer:
     """Adam, or plain SGD (no momentum) for scheme.optimizer=sgd, over parameters or groups."""
     if optimizer_name(cfg) == "sgd":
@@ -175,35 +162,31 @@ def _make_optimizer(cfg: SchemeConfig, params: list, lr: float) -> torch.optim.O
 
 def fixed(model: nn.Module, cfg: SchemeConfig, lr: float) -> Optimizer:
     """One learning rate (Lu et al., Rothermel et al.: Adam)."""
-    return _make_optimizer(cfg, _trainable(model), lr), None
+    return _make_optimizer(cfg, _trainable(model), lr), ()
 
 
 def nesterov(model: nn.Module, cfg: SchemeConfig, lr: float) -> Optimizer:
     """SGD with Nesterov momentum, one learning rate."""
     params = _trainable(model)
     sgd = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=True, fused=True)
-    return sgd, None
+    return sgd, ()
 
 
 def discriminative(model: nn.Module, cfg: SchemeConfig, lr: float) -> Optimizer:
     """One parameter group per layer group at lr · decay^(depth from the top)."""
     groups = _trainable_groups(model)
-    return _by_group(groups, [lr * cfg.decay**depth for depth in _depths(groups)], cfg), None
+    return _by_group(groups, [lr * cfg.decay**depth for depth in _depths(groups)], cfg), ()
 
 
 def gradual_unfreeze(model: nn.Module, cfg: SchemeConfig, lr: float) -> Optimizer:
-    """One LR; `on_epoch(e)` lets only the groups of depth <= e (from the top) train."""
+    """One LR; in epoch e only the groups of depth <= e (from the top) train."""
     groups = _trainable_groups(model)
     optimizer = _by_group(groups, [lr] * len(groups), cfg)
-
-    def on_epoch(epoch: int) -> None:
-        for group, depth in zip(groups, _depths(groups), strict=True):
-            for param in group.params.values():
-                param.requires_grad_(depth <= epoch)
-        unfrozen = [g.name for g, d in zip(groups, _depths(groups), strict=True) if d <= epoch]
-        log.info("epoch %d: training groups %s", epoch, ", ".join(unfrozen))
-
-    return optimizer, on_epoch
+    unfreeze = [
+        Unfreeze(depth, tuple(g.params.values()), g.name)
+        for g, depth in zip(groups, _depths(groups), strict=True)
+    ]
+    return optimizer, unfreeze
 
 
 def _trainable_groups(model: nn.Module) -> list[Group]:
