@@ -25,6 +25,7 @@ LOAD_REPORT = "LOAD REPORT"
 HARMLESS_ROWS = {"UNEXPECTED"}  # statuses of a load report that change no loaded weight
 TOKEN_ID = re.compile(r"Model config: \w+_token_id must be `None` or an integer within the vocab")
 LOADING_BAR = "Loading weights"
+EMITTERS = ("transformers.modeling_utils", "transformers.configuration_utils")  # of the above
 _installed = False
 
 
@@ -65,6 +66,8 @@ def quiet() -> None:
     root.addFilter(notices)
     for handler in root.handlers:
         handler.addFilter(notices)  # records of its child loggers reach the handler, not the logger
+    for name in EMITTERS:  # and at the source, whichever handlers the records reach
+        logging.getLogger(name).addFilter(notices)
     set_hook = getattr(hf_logging, "set_tqdm_hook", None)  # transformers >= 5
     if set_hook is not None:
         previous = set_hook(None)
