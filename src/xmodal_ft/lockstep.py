@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import types
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
@@ -61,6 +62,14 @@ class Single:
     def __init__(self, model: nn.Module):
         self.model = model
         self.models = [model]
+        self.rows = 0  # rows of the model's current batch
+        for module in model.modules():
+            if type(module) in FORWARDS:
+                _as_blocks(module, 1, self)
+        model.register_forward_pre_hook(self._enter)
+
+    def _enter(self, module: nn.Module, args: tuple) -> None:
+        self.rows = args[0].shape[0]
 
     def clip(self, max_norm: float) -> None:
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -111,10 +120,8 @@ class Stacked:
                 )
             for param_name, per_run in zip(names, values, strict=True):
                 setattr(module, param_name, self._stack(per_run, blocks))
-            if blocks > 1:
-                module.blocks = blocks
-                module.layout = self
-                module.forward = types.MethodType(FORWARDS[type(module)], module)
+            if type(module) in FORWARDS:
+                _as_blocks(module, blocks, self)
         for name, module in self.model.named_modules():
             if getattr(module, "draws_random", False):  # e.g. data augmentation in forward
                 raise LockstepError(
@@ -459,6 +466,23 @@ def _all_equal(values: list[list[nn.Parameter]], run: int, other: int) -> bool:
     )
 
 
+def _as_blocks(module: nn.Module, blocks: int, layout: Single | Stacked) -> None:
+    """`module` computes in block form with `blocks` blocks (1: its parameters are not stacked).
+
+    A lone run's layers compute in this form too, so each block of a stack runs the very
+    kernels of its lone run (a batched matmul over K blocks gives each block the bits it gives
+    alone, where `addmm` vs `bmm` would differ in the last bit, and such bits grow into different
+    runs over a few hundred steps at a high LR)."""
+    module.blocks = blocks
+    module.layout = layout
+    module.forward = types.MethodType(FORWARDS[type(module)], module)
+
+
+def _stacked(module: nn.Module, tensor: torch.Tensor | None) -> torch.Tensor | None:
+    """`tensor` of `module` with its leading block axis (added for an unstacked module)."""
+    return tensor if tensor is None or module.blocks > 1 else tensor.unsqueeze(0)
+
+
 def _matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x @ weight[k] + bias[k] for each block k of x's rows; weight is (K, in, out)."""
     shape = x.shape
@@ -469,11 +493,11 @@ def _matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
 
 
 def _linear(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    return _matmul(x, self.weight.transpose(1, 2), self.bias)
+    return _matmul(x, _stacked(self, self.weight).transpose(1, 2), _stacked(self, self.bias))
 
 
 def _conv1d(self: Conv1D, x: torch.Tensor) -> torch.Tensor:
-    return _matmul(x, self.weight, self.bias)
+    return _matmul(x, _stacked(self, self.weight), _stacked(self, self.bias))
 
 
 def _layer_norm(self: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
@@ -481,23 +505,24 @@ def _layer_norm(self: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
     normed = F.layer_norm(x, self.normalized_shape, eps=self.eps)
     normed = normed.reshape(self.blocks, -1, shape[-1])
     if self.weight is not None:
-        normed = normed * self.weight.unsqueeze(1)
+        normed = normed * _stacked(self, self.weight).unsqueeze(1)
     if self.bias is not None:
-        normed = normed + self.bias.unsqueeze(1)
+        normed = normed + _stacked(self, self.bias).unsqueeze(1)
     return normed.reshape(shape)
 
 
 def _embedding(self: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
     """Per-block lookups; ids of one row (positions) broadcast over every run's rows."""
-    blocks, vocab, hidden = self.weight.shape
+    weight = _stacked(self, self.weight)
+    blocks, vocab, hidden = weight.shape
     if ids.shape[0] == 1:
         rows = self.layout.rows
-        out = self.weight[:, ids[0]].unsqueeze(1).expand(blocks, rows // blocks, *ids.shape[1:], -1)
+        out = weight[:, ids[0]].unsqueeze(1).expand(blocks, rows // blocks, *ids.shape[1:], -1)
         out = out.reshape(rows, *ids.shape[1:], hidden)
     else:
         offsets = torch.arange(blocks, device=ids.device) * vocab
         shifted = (ids.reshape(blocks, -1) + offsets.unsqueeze(1)).reshape(ids.shape)
-        out = F.embedding(shifted, self.weight.reshape(blocks * vocab, hidden))
+        out = F.embedding(shifted, weight.reshape(blocks * vocab, hidden))
     if self.padding_idx is not None:  # the padding row gets no gradient, as in nn.Embedding
         out = out.masked_fill((ids == self.padding_idx).unsqueeze(-1), 0.0)
     return out
@@ -507,7 +532,8 @@ def _prepend_token(self: PrependToken, x: torch.Tensor) -> torch.Tensor:
     """Each block's own learned token in front of its runs' sequences."""
     embeds = self.layer(x)
     rows, length, hidden = embeds.shape
-    token = self.token.to(embeds.dtype)[:, None, None, :].expand(self.blocks, -1, 1, hidden)
+    token = _stacked(self, self.token).to(embeds.dtype)[:, None, None, :]
+    token = token.expand(self.blocks, -1, 1, hidden)
     token = token.expand(self.blocks, rows // self.blocks, 1, hidden).reshape(rows, 1, hidden)
     return torch.cat([token, embeds], dim=1)
 
@@ -530,8 +556,9 @@ def _attention(
     is_causal: bool | None = None,
     **kwargs: object,
 ) -> tuple[torch.Tensor, None]:
-    """Transformers' SDPA attention; with attention dropout, SDPA's math path written out so
-    that each run's rows get the mask its lone run draws (`at::dropout` on the probabilities)."""
+    """Transformers' SDPA attention; with attention dropout, the math path torch takes on CPU
+    (`_scaled_dot_product_attention_math`, op for op, so a lone run's bits) with each run's rows
+    dropped by the mask its lone run draws (`at::dropout` on the probabilities)."""
     layout = _RUNNING.get()
     if dropout == 0.0 or layout is None or hasattr(module, "num_key_value_groups"):
         return sdpa_attention_forward(
@@ -542,17 +569,16 @@ def _attention(
         attention_mask = attention_mask[:, :, :, : key.shape[-2]]
     is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     is_causal = query.shape[2] > 1 and attention_mask is None and is_causal
-    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    scores = query @ key.transpose(-2, -1) * scale
+    root = math.sqrt(scaling if scaling is not None else 1 / math.sqrt(query.shape[-1]))
+    scores = (query * root) @ (key.transpose(-2, -1) * root)  # q and k scaled, as torch does
     if is_causal:
-        future = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).triu(1)
-        scores = scores.masked_fill(future, float("-inf"))
+        length, source = query.shape[-2], key.shape[-2]
+        attention_mask = torch.ones(length, source, dtype=torch.bool, device=query.device).tril()
     if attention_mask is not None:
-        if attention_mask.dtype == torch.bool:
-            scores = scores.masked_fill(~attention_mask, float("-inf"))
-        else:
-            scores = scores + attention_mask
-    probs = scores.softmax(dim=-1)
+        if attention_mask.dtype == torch.bool:  # as torch converts it: 0 kept, -inf dropped
+            attention_mask = torch.where(attention_mask, 0.0, float("-inf")).to(scores.dtype)
+        scores.add_(attention_mask)
+    probs = torch.ops.aten._safe_softmax(scores, -1)
     probs = probs * layout.keep_masks(probs, 1 - dropout).div_(1 - dropout)
     return (probs @ value).transpose(1, 2).contiguous(), None
 
