@@ -95,6 +95,7 @@ class Stacked:
         self.runs = len(models)
         self.generators = [_generators(state) for state in rng_states]
         self.rows = 0  # rows of the carrier's current batch (R · per-run rows)
+        self.pads: list[int] = [0] * self.runs  # each run's padding in this batch's sequences
         self.params: list[nn.Parameter] = []  # the stacked trainable parameters
         self._slot: dict[int, int] = {}  # id(a run's parameter) -> its index in self.params
         self._grads: list[torch.Tensor] | None = None  # this step's, once backward ran
@@ -154,8 +155,17 @@ class Stacked:
         return param
 
     def _enter(self, module: nn.Module, args: tuple) -> None:
-        self.rows = args[0].shape[0]
+        x, lengths = args[0], args[1] if len(args) > 1 else None
+        self.rows = x.shape[0]
+        self.pads = [0] * self.runs
+        if lengths is not None and self.training_pads(x):
+            widths = lengths.view(self.runs, -1).amax(dim=1)
+            self.pads = (x.shape[1] - widths).tolist()  # each run's batch was trimmed to its width
         _RUNNING.set(self)
+
+    def training_pads(self, x: torch.Tensor) -> bool:
+        """Whether the pads of this forward matter: only dropout masks depend on them."""
+        return self.model.training and x.dim() >= 2
 
     def _exit(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         _RUNNING.set(None)
@@ -175,15 +185,21 @@ class Stacked:
                 cuda.set_state(inner[1])
             _set_rng(outer)
 
-    def keep_masks(self, x: torch.Tensor, keep: float) -> torch.Tensor:
+    def keep_masks(self, x: torch.Tensor, keep: float, sequence_dims: tuple[int, ...] = ()):
         """Each run's Bernoulli(`keep`) mask of its rows of `x`, drawn from its own generator as
-        dropout draws it (`empty_like(input).bernoulli_(keep)`; each run's block is contiguous),
-        run-major as the rows."""
-        masks = torch.empty((self.runs, x.shape[0] // self.runs, *x.shape[1:]), dtype=x.dtype,
-                            device=x.device)  # fmt: skip
+        its lone run's dropout draws it (`empty_like(input).bernoulli_(keep)`), run-major as the
+        rows. A run whose batch was padded to the group's longest sequence draws the mask of its
+        own width (dims `sequence_dims` of `x`, less its pad) and gets zeros over the pad."""
+        shape = (x.shape[0] // self.runs, *x.shape[1:])
+        masks = torch.zeros((self.runs, *shape), dtype=x.dtype, device=x.device)
         index = 1 if x.device.type == "cuda" else 0
-        for mask, generators in zip(masks, self.generators, strict=True):
-            mask.bernoulli_(keep, generator=generators[index])
+        for mask, generators, pad in zip(masks, self.generators, self.pads, strict=True):
+            if not pad or not sequence_dims:
+                mask.bernoulli_(keep, generator=generators[index])
+                continue
+            own = [n - pad if d in sequence_dims else n for d, n in enumerate(shape)]
+            drawn = torch.empty(own, dtype=x.dtype, device=x.device)
+            mask[tuple(slice(n) for n in own)] = drawn.bernoulli_(keep, generator=generators[index])
         return masks.view(x.shape)
 
     def grads(self) -> list[torch.Tensor]:
@@ -542,7 +558,8 @@ def _dropout(self: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
     """Each run's rows dropped with the run's own random state (its lone run's masks)."""
     if not self.training or self.p == 0:
         return x
-    return x * self.layout.keep_masks(x, 1 - self.p).div_(1 - self.p)
+    sequence = (1,) if x.dim() == 3 else ()  # (rows, sequence, features) or (rows, features)
+    return x * self.layout.keep_masks(x, 1 - self.p, sequence).div_(1 - self.p)
 
 
 def _attention(
@@ -579,7 +596,7 @@ def _attention(
             attention_mask = torch.where(attention_mask, 0.0, float("-inf")).to(scores.dtype)
         scores.add_(attention_mask)
     probs = torch.ops.aten._safe_softmax(scores, -1)
-    probs = probs * layout.keep_masks(probs, 1 - dropout).div_(1 - dropout)
+    probs = probs * layout.keep_masks(probs, 1 - dropout, (2, 3)).div_(1 - dropout)
     return (probs @ value).transpose(1, 2).contiguous(), None
 
 
