@@ -14,7 +14,10 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from conftest import make_cfg, tiny_model, with_keys
+from conftest import CONF, make_cfg, tiny_model, with_keys
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra_plugins.xmodal_lockstep_launcher.lockstep_launcher import _changed_values
 from test_sweeps import TINY as SWEEP
 from test_sweeps import results, sweep
 from xmodal_ft import checkpoint, groups, lockstep, recipe, record, run, tasks
@@ -152,6 +155,10 @@ def test_lockstep_sweep_writes_what_the_default_launcher_writes(tmp_path) -> Non
         assert (path.parent / "train.log").read_text()
         assert result["launcher"] == "lockstep"
         lr, seed = result["config"]["lr"], result["config"]["seed"]
+        job = yaml.safe_load((path.parent / ".hydra" / "config.yaml").read_text())
+        assert job == OmegaConf.to_container(make_cfg(*SWEEP, f"lr={lr}", f"seed={seed}"))
+        overrides = yaml.safe_load((path.parent / ".hydra" / "overrides.yaml").read_text())
+        assert overrides[-2:] == [f"lr={lr}", f"seed={seed}"] == hydra["overrides"]["task"][-2:]
         reference = tmp_path / "reference" / f"{lr}_{seed}"
         run(make_cfg(*SWEEP, f"lr={lr}", f"seed={seed}"), run_dir=reference)
         expected = json.loads((reference / "results.json").read_text())
@@ -159,6 +166,28 @@ def test_lockstep_sweep_writes_what_the_default_launcher_writes(tmp_path) -> Non
             assert result[key] == expected[key], key
     relaunch = sweep(tmp_path, "hydra/launcher=lockstep", "lr=1e-3,1e-2", "seed=0,1")
     assert relaunch.output.count("complete results of this config: skipped") == 4
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "reused"),
+    [
+        (["lr=0.001", "seed=0"], ["lr=0.01", "seed=1"], True),
+        (["scheme=discriminative", "scheme.decay=0.5"], ["scheme=discriminative", "scheme.decay=0.9"],
+         True),
+        (["model=tiny_gpt2", "lr=0.001"], ["model=tiny_bert", "lr=0.001"], False),  # a group
+        (["lr=0.001"], ["+lr=0.01"], False),
+        (["lr=0.001"], ["lr=0.001", "seed=1"], False),  # other keys
+        (["seeds=[0]"], ["seeds=[1]"], False),  # not a scalar
+        (["patience=null"], ["patience=3"], False),  # unset before: compose afresh
+    ],
+)
+def test_only_jobs_differing_in_root_values_reuse_a_composed_config(first, second, reused):
+    parser = OverridesParser.create()
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        composed = compose("config", overrides=first, return_hydra_config=True)
+    changed = _changed_values(parser.parse_overrides(first), parser.parse_overrides(second),
+                              composed)  # fmt: skip
+    assert (changed is not None) == reused
 
 
 @pytest.mark.slow
