@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from conftest import CONF, make_cfg, tiny_model, with_keys
-from hydra import compose, initialize_config_dir
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra_plugins.xmodal_lockstep_launcher.lockstep_launcher import _changed_values
 from test_sweeps import TINY as SWEEP
 from test_sweeps import results, sweep
@@ -172,8 +172,11 @@ def test_lockstep_sweep_writes_what_the_default_launcher_writes(tmp_path) -> Non
     ("first", "second", "reused"),
     [
         (["lr=0.001", "seed=0"], ["lr=0.01", "seed=1"], True),
-        (["scheme=discriminative", "scheme.decay=0.5"], ["scheme=discriminative", "scheme.decay=0.9"],
-         True),
+        (
+            ["scheme=discriminative", "scheme.decay=0.5"],
+            ["scheme=discriminative", "scheme.decay=0.9"],
+            True,
+        ),
         (["model=tiny_gpt2", "lr=0.001"], ["model=tiny_bert", "lr=0.001"], False),  # a group
         (["lr=0.001"], ["+lr=0.01"], False),
         (["lr=0.001"], ["lr=0.001", "seed=1"], False),  # other keys
