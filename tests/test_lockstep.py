@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import statistics
 import time
@@ -21,6 +22,7 @@ from hydra_plugins.xmodal_lockstep_launcher.lockstep_launcher import _changed_va
 from test_sweeps import TINY as SWEEP
 from test_sweeps import results, sweep
 from xmodal_ft import checkpoint, groups, lockstep, recipe, record, run, tasks
+from xmodal_ft.errors import UserError
 from xmodal_ft.lockstep import LockstepError
 from xmodal_ft.recipe import RunSpec
 from xmodal_ft.record import run_key
@@ -361,3 +363,20 @@ def test_stacked_optimizer_step_is_each_runs_own_step_bit_for_bit(kind: str, thr
             assert torch.equal(one[key], many[key]), key
     if kind.startswith("adam"):
         assert [s["step 0"].item() for s in together] == [3.0, 1.0, 3.0]
+
+
+def test_a_group_whose_checkpoints_exceed_the_free_disk_is_refused_before_training(
+    tmp_path, monkeypatch
+) -> None:
+    runs = specs(tmp_path, "variant=unfrozen_random", "checkpoint_every=5")
+    model = tiny_model()
+    optimizer = torch.optim.Adam(model.parameters())
+    need = len(runs) * checkpoint.size_estimate(model, optimizer)  # about 1.4 MB a run here
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=need // 2))
+    with pytest.raises(UserError, match=r"set checkpoint_every=null .*max_runs"):
+        recipe.train(runs, launcher="lockstep")
+    assert not [*tmp_path.rglob("results.json"), *tmp_path.rglob("checkpoint-*.pt")]
+    monkeypatch.setattr(shutil, "disk_usage", real)
+    recipe.train(runs, launcher="lockstep")
+    assert len(list(tmp_path.rglob("results.json"))) == len(runs)

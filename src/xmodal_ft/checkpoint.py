@@ -64,6 +64,14 @@ def save(path: Path, state: LoopState, model: nn.Module, optimizer: torch.optim.
         torch.save(payload, tmp)
 
 
+def size_estimate(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """About how many bytes a checkpoint of this run takes: its trainable weights, their
+    best-validation copies and the optimizer's state (two tensors each for Adam, one for SGD)."""
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    states = 2 if isinstance(optimizer, torch.optim.Adam | torch.optim.AdamW) else 1
+    return trainable * (2 + states)
+
+
 def step(path: Path) -> int:
     """The step a checkpoint resumes at (its tensors memory-mapped, not read); 0 for a file
     that cannot be read (its run starts afresh, see `load`)."""

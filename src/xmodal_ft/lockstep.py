@@ -29,6 +29,7 @@ import copy
 import math
 import types
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 
 import torch
@@ -96,6 +97,7 @@ class Stacked:
         self.generators = [_generators(state) for state in rng_states]
         self.rows = 0  # rows of the carrier's current batch (R · per-run rows)
         self.pads: list[int] = [0] * self.runs  # each run's padding in this batch's sequences
+        self._pool: ThreadPoolExecutor | None = None  # draws dropout masks beside this thread
         self.params: list[nn.Parameter] = []  # the stacked trainable parameters
         self._slot: dict[int, int] = {}  # id(a run's parameter) -> its index in self.params
         self._grads: list[torch.Tensor] | None = None  # this step's, once backward ran
@@ -189,18 +191,44 @@ class Stacked:
         """Each run's Bernoulli(`keep`) mask of its rows of `x`, drawn from its own generator as
         its lone run's dropout draws it (`empty_like(input).bernoulli_(keep)`), run-major as the
         rows. A run whose batch was padded to the group's longest sequence draws the mask of its
-        own width (dims `sequence_dims` of `x`, less its pad) and gets zeros over the pad."""
+        own width (dims `sequence_dims` of `x`, less its pad) and gets zeros over the pad.
+
+        On the CPU, where a draw is one serial loop, the runs' draws are split among threads:
+        each run's mask comes from its own generator, so every split gives the same masks."""
         shape = (x.shape[0] // self.runs, *x.shape[1:])
-        masks = torch.zeros((self.runs, *shape), dtype=x.dtype, device=x.device)
-        index = 1 if x.device.type == "cuda" else 0
-        for mask, generators, pad in zip(masks, self.generators, self.pads, strict=True):
-            if not pad or not sequence_dims:
-                mask.bernoulli_(keep, generator=generators[index])
-                continue
-            own = [n - pad if d in sequence_dims else n for d, n in enumerate(shape)]
-            drawn = torch.empty(own, dtype=x.dtype, device=x.device)
-            mask[tuple(slice(n) for n in own)] = drawn.bernoulli_(keep, generator=generators[index])
+        padded = sequence_dims if any(self.pads) else ()
+        fill = torch.zeros if padded else torch.empty
+        masks = fill((self.runs, *shape), dtype=x.dtype, device=x.device)
+
+        def draw(runs: range) -> None:
+            for run in runs:
+                self._draw(masks[run], keep, run, padded)
+
+        self._split(draw, threads=1 if x.device.type == "cuda" else torch.get_num_threads())
         return masks.view(x.shape)
+
+    def _draw(self, mask: torch.Tensor, keep: float, run: int, sequence_dims: tuple[int, ...]):
+        generator = self.generators[run][1 if mask.device.type == "cuda" else 0]
+        pad = self.pads[run]
+        if not pad or not sequence_dims:
+            mask.bernoulli_(keep, generator=generator)
+            return
+        own = [n - pad if d in sequence_dims else n for d, n in enumerate(mask.shape)]
+        drawn = torch.empty(own, dtype=mask.dtype, device=mask.device)
+        mask[tuple(slice(n) for n in own)] = drawn.bernoulli_(keep, generator=generator)
+
+    def _split(self, work: Callable[[range], None], threads: int) -> None:
+        """`work(runs)` over every run, the runs cut into `threads` contiguous parts done at
+        once (torch releases the GIL in its kernels); the first part in this thread."""
+        parts = min(threads, self.runs)
+        cuts = [self.runs * i // parts for i in range(parts + 1)]
+        if parts > 1 and self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=parts - 1)
+        bounds = zip(cuts[1:-1], cuts[2:], strict=True)
+        futures = [self._pool.submit(work, range(a, b)) for a, b in bounds]
+        work(range(cuts[0], cuts[1]))
+        for future in futures:
+            future.result()
 
     def grads(self) -> list[torch.Tensor]:
         """This step's gradient of each stacked parameter, (runs, ...): the one backward handed

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import platform
+import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextvars import ContextVar
@@ -21,6 +22,7 @@ from torch import nn
 
 from xmodal_ft import (
     allocator,
+    checkpoint,
     engine,
     labels,
     lockstep,
@@ -33,7 +35,7 @@ from xmodal_ft import (
     threads,
     variants,
 )
-from xmodal_ft.engine import FitConfig, FitResult
+from xmodal_ft.engine import FitConfig, FitResult, TrainPlan
 from xmodal_ft.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -204,6 +206,7 @@ def _train(
             trackers.append(record.build_tracker(_plain(cfg.logger), spec.run_dir, meta))
             every = spec.cfg.checkpoint_every
             paths.append(spec.run_dir / f"checkpoint-{keys[-1]}.pt" if every else None)
+        _check_checkpoint_space(paths, built, plans)
         results = engine.fit_runs(layout, plans, data, fit_cfgs, trackers, paths)
         wall = time.time() - started
         for spec, key, tracker, result in zip(specs, keys, trackers, results, strict=True):
@@ -221,6 +224,31 @@ def _train(
             path.unlink(missing_ok=True)
         log.info("test %s = %.4f (results in %s)", metric, result.test[metric], spec.run_dir)
     return [result.best_val[metric] for result in results]
+
+
+def _check_checkpoint_space(
+    paths: Sequence[Path | None], run_models: Sequence[nn.Module], plans: Sequence[TrainPlan]
+) -> None:
+    """Refuse runs whose checkpoints would not fit on the disk (they would fail at the first
+    one, losing the training done): a lockstep group of unfrozen models writes one per run."""
+    sizes = [
+        checkpoint.size_estimate(model, plan.optimizer)
+        for path, model, plan in zip(paths, run_models, plans, strict=True)
+        if path is not None
+    ]
+    if not sizes:
+        return
+    folder = next(p for p in paths if p is not None).parent
+    while not folder.exists():
+        folder = folder.parent
+    need, free = sum(sizes) + max(sizes), shutil.disk_usage(folder).free  # + one file in writing
+    if need > free:
+        raise UserError(
+            f"the checkpoints of {len(sizes)} run(s) need about {need / 2**30:.1f} GiB in "
+            f"{folder}, which has {free / 2**30:.1f} GiB free: set checkpoint_every=null (a "
+            f"killed run then restarts from scratch) or train fewer runs at once "
+            f"(hydra.launcher.max_runs=N)"
+        )
 
 
 def check(cfg: DictConfig) -> None:
