@@ -65,7 +65,7 @@ class Single:
         self.models = [model]
         self.rows = 0  # rows of the model's current batch
         for module in model.modules():
-            if type(module) in FORWARDS:
+            if type(module) in FORWARDS and _trains(module):
                 _as_blocks(module, 1, self)
         model.register_forward_pre_hook(self._enter)
 
@@ -117,14 +117,20 @@ class Stacked:
                 continue
             values = [[getattr(rm[name], n) for rm in run_modules] for n in names]
             blocks = _blocks(values)
-            if blocks > 1 and type(module) not in FORWARDS:
+            trains = _trains(module)
+            if trains and type(module) not in FORWARDS:
                 raise LockstepError(
                     f"lockstep cannot stack {type(module).__name__} ({name}): {DEFAULT_LAUNCHER}"
                 )
             for param_name, per_run in zip(names, values, strict=True):
                 setattr(module, param_name, self._stack(per_run, blocks))
-            if type(module) in FORWARDS:
+            if trains or (blocks > 1 and type(module) is nn.Embedding):
                 _as_blocks(module, blocks, self)
+            elif blocks > 1:  # frozen, one value per block of runs (random backbones per seed)
+                size = self.runs // blocks
+                module.blocks = blocks
+                module.block_modules = [run_modules[b * size][name] for b in range(blocks)]
+                module.forward = types.MethodType(_frozen_blocks, module)
         for name, module in self.model.named_modules():
             if getattr(module, "draws_random", False):  # e.g. data augmentation in forward
                 raise LockstepError(
@@ -513,13 +519,25 @@ def _all_equal(values: list[list[nn.Parameter]], run: int, other: int) -> bool:
 def _as_blocks(module: nn.Module, blocks: int, layout: Single | Stacked) -> None:
     """`module` computes in block form with `blocks` blocks (1: its parameters are not stacked).
 
-    A lone run's layers compute in this form too, so each block of a stack runs the very
-    kernels of its lone run (a batched matmul over K blocks gives each block the bits it gives
-    alone, where `addmm` vs `bmm` would differ in the last bit, and such bits grow into different
-    runs over a few hundred steps at a high LR)."""
+    A lone run's trainable layers compute in this form too, so each block of a stack runs the
+    very kernels of its lone run (a batched matmul over K blocks gives each block the bits it
+    gives alone, where `addmm` vs `bmm` can differ in the last bit, and such bits grow into
+    different runs over a few hundred steps at a high LR). Frozen layers keep torch's forward in
+    both layouts: their rows are independent of the batch around them."""
     module.blocks = blocks
     module.layout = layout
     module.forward = types.MethodType(FORWARDS[type(module)], module)
+
+
+def _trains(module: nn.Module) -> bool:
+    return any(p.requires_grad for p in module._parameters.values() if p is not None)
+
+
+def _frozen_blocks(self: nn.Module, x: torch.Tensor, *args: object) -> torch.Tensor:
+    """A frozen module whose weights differ per block of runs: each block's rows through the
+    module of one of its runs, as a lone run computes them."""
+    parts = x.reshape(self.blocks, -1, *x.shape[1:]).unbind(0)
+    return torch.cat([m(part, *args) for m, part in zip(self.block_modules, parts, strict=True)])
 
 
 def _stacked(module: nn.Module, tensor: torch.Tensor | None) -> torch.Tensor | None:
