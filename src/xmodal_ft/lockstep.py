@@ -65,7 +65,7 @@ class Single:
         self.models = [model]
         self.rows = 0  # rows of the model's current batch
         for module in model.modules():
-            if type(module) in FORWARDS and _trains(module):
+            if type(module) in FORWARDS and type(module) not in ALONE_AS_IS and _trains(module):
                 _as_blocks(module, 1, self)
         model.register_forward_pre_hook(self._enter)
 
@@ -522,8 +522,9 @@ def _as_blocks(module: nn.Module, blocks: int, layout: Single | Stacked) -> None
     A lone run's trainable layers compute in this form too, so each block of a stack runs the
     very kernels of its lone run (a batched matmul over K blocks gives each block the bits it
     gives alone, where `addmm` vs `bmm` can differ in the last bit, and such bits grow into
-    different runs over a few hundred steps at a high LR). Frozen layers keep torch's forward in
-    both layouts: their rows are independent of the batch around them."""
+    different runs over a few hundred steps at a high LR). LayerNorm's block form calls torch's
+    own kernel per block, so a lone run keeps the plain module (`ALONE_AS_IS`). Frozen layers
+    keep torch's forward in both layouts: their rows are independent of the batch around them."""
     module.blocks = blocks
     module.layout = layout
     module.forward = types.MethodType(FORWARDS[type(module)], module)
@@ -563,14 +564,18 @@ def _conv1d(self: Conv1D, x: torch.Tensor) -> torch.Tensor:
 
 
 def _layer_norm(self: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
-    shape = x.shape
-    normed = F.layer_norm(x, self.normalized_shape, eps=self.eps)
-    normed = normed.reshape(self.blocks, -1, shape[-1])
-    if self.weight is not None:
-        normed = normed * _stacked(self, self.weight).unsqueeze(1)
-    if self.bias is not None:
-        normed = normed + _stacked(self, self.bias).unsqueeze(1)
-    return normed.reshape(shape)
+    """Each block's rows through `F.layer_norm` with the block's scale and shift: torch's fused
+    kernel, as its lone run calls it (an affine map after the normalisation would round apart,
+    and its backward would sum the scale's gradient in another order)."""
+    weights = [None] * self.blocks if self.weight is None else self.weight.unbind(0)
+    biases = [None] * self.blocks if self.bias is None else self.bias.unbind(0)
+    parts = x.reshape(self.blocks, -1, *x.shape[1:]).unbind(0)
+    return torch.cat(
+        [
+            F.layer_norm(part, self.normalized_shape, weight, bias, self.eps)
+            for part, weight, bias in zip(parts, weights, biases, strict=True)
+        ]
+    )
 
 
 def _embedding(self: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
@@ -650,6 +655,8 @@ _RUNNING: ContextVar[Stacked | None] = ContextVar("lockstep_running", default=No
 AttentionInterface.register(ATTENTION, _attention)
 AttentionMaskInterface.register(ATTENTION, sdpa_mask)
 
+# Layers whose block form computes each block as torch's own forward does: a lone run keeps it.
+ALONE_AS_IS = (nn.LayerNorm,)
 FORWARDS: dict[type, Callable[..., torch.Tensor]] = {
     nn.Linear: _linear,
     Conv1D: _conv1d,
