@@ -2,12 +2,14 @@
 
 `stack(models)` turns R run models (each built from its own seed, exactly as a sequential run
 builds it) into one carrier model whose batch is the runs' batches, run-major: rows
-[r·B, (r+1)·B) belong to run r. Leaf modules whose parameters differ between runs (trainable
-ones always; frozen ones when the runs' values differ, e.g. random backbones of different seeds)
-compute with tensors stacked on a leading block axis: Linear and GPT-2's Conv1D as a batched
-matmul over a (K, rows/K, features) view, LayerNorm with per-block scale and shift, Embedding with
-per-block tables. Frozen modules equal in every run stay single and take all R·B rows as one
-batch (the pretrained backbone under FPT); attention has no parameters and runs unchanged.
+[r·B, (r+1)·B) belong to run r. Trainable leaf modules compute with tensors stacked on a leading
+block axis: Linear and GPT-2's Conv1D as a batched matmul over a (K, rows/K, features) view,
+LayerNorm as torch's kernel per block, Embedding with per-block tables. A lone run's trainable
+Linear, Conv1D and Embedding layers compute in the same block form (K = 1), so each run's numbers
+are its lone run's bit for bit on fixed-length inputs (see `_as_blocks`). Frozen modules equal in
+every run stay single and take all R·B rows as one batch (the pretrained backbone under FPT);
+frozen ones whose values differ per block of runs (random backbones of several seeds) run each
+block's rows through one of its runs' modules; attention has no parameters and runs unchanged.
 
 Each run model's parameters become views of the stacked tensors, so every run keeps its own
 optimizer (its own LR and Adam state), checkpoint and best-weights copies, all built on its own
@@ -166,14 +168,10 @@ class Stacked:
         x, lengths = args[0], args[1] if len(args) > 1 else None
         self.rows = x.shape[0]
         self.pads = [0] * self.runs
-        if lengths is not None and self.training_pads(x):
+        if lengths is not None and self.model.training:  # only dropout masks depend on pads
             widths = lengths.view(self.runs, -1).amax(dim=1)
             self.pads = (x.shape[1] - widths).tolist()  # each run's batch was trimmed to its width
         _RUNNING.set(self)
-
-    def training_pads(self, x: torch.Tensor) -> bool:
-        """Whether the pads of this forward matter: only dropout masks depend on them."""
-        return self.model.training and x.dim() >= 2
 
     def _exit(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         _RUNNING.set(None)
