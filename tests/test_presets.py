@@ -141,24 +141,43 @@ def test_short_sweep_without_preset_warns_once(tmp_path, caplog, fresh_warning) 
         for seed in (0, 1):
             run(cfg, run_dir=tmp_path / f"s{seed}", choices={"experiment": None}, group="sweep")
     [record] = [r for r in caplog.records if r.name == "xmodal_ft.papers"]
-    assert record.getMessage().startswith("sweep budget 6 steps of batch 8 (48 examples) is 7667x")
-    assert "Rothermel et al. needed 4.6e+04-2.4e+05 steps of batch 8" in record.getMessage()
+    assert record.getMessage().startswith("budget 6 steps of batch 8 (48 examples) is 7667x")
+    needed = "GPT-2 variants needed 4.6e+04-2.4e+05 steps of batch 8 on mnist to match FPT's best"
+    assert needed in record.getMessage()
     assert "experiment=rothermel2021_mnist" in record.getMessage()
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "warns"),
     [
-        {"group": None, "choices": {}},  # a single run
-        {"group": "sweep", "choices": {"experiment": "rothermel2021_mnist"}},  # a preset
+        ({"group": None, "choices": {}}, False),  # a plain single run: a smoke test, say
+        ({"group": None, "choices": {"experiment": "cpu_study_mnist"}}, True),  # a preset's run
+        ({"group": "sweep", "choices": {"experiment": "cpu_study_mnist"}}, True),  # its sweep
     ],
 )
-def test_single_runs_and_presets_do_not_warn(tmp_path, caplog, fresh_warning, kwargs) -> None:
+def test_single_runs_of_presets_and_sweeps_warn(tmp_path, caplog, fresh_warning, kwargs, warns):
     write_mnist(tmp_path / "mnist", n_train=24)
     cfg = make_cfg("task=mnist", f"task.data_dir={tmp_path / 'mnist'}", "variant=unfrozen_random")
     with caplog.at_level(logging.WARNING, logger="xmodal_ft.papers"):
         run(cfg, run_dir=tmp_path / "run", **kwargs)
-    assert not [r for r in caplog.records if r.name == "xmodal_ft.papers"]
+    assert bool([r for r in caplog.records if r.name == "xmodal_ft.papers"]) == warns
+
+
+def test_the_survey_budget_counts_epochs_of_the_full_training_set(
+    tmp_path, caplog, fresh_warning, tiny_bert_text
+) -> None:
+    """A task.n_train subsample does not shrink the papers' budget (5 epochs of all of SST-2)."""
+    write_sst2(tmp_path / "SST-2", n_train=400)
+    cfg = make_cfg(
+        "task=sst2", f"task.data_dir={tmp_path / 'SST-2'}", "task.n_train=8", "task.val_size=8",
+        "max_epochs=5", "batch_size=8", "model=tiny_bert", f"model.path={tiny_bert_text}",
+        "variant=unfrozen_pretrained",
+    )  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="xmodal_ft.papers"):
+        run(cfg, run_dir=tmp_path / "run", choices={"experiment": "cpu_study_sst2"}, group="s")
+    [record] = [r for r in caplog.records if r.name == "xmodal_ft.papers"]
+    assert "(40 examples)" in record.getMessage()  # 5 epochs of 8 sentences ...
+    assert "trained 5 epochs of batch 32 on sst2" in record.getMessage()  # ... of all 392
 
 
 def test_budget_of_the_papers_order_does_not_warn(fresh_warning) -> None:

@@ -18,6 +18,10 @@ from importlib import resources
 log = logging.getLogger(__name__)
 ROTHERMEL_BATCH = 8  # Rothermel et al.: Adam, batch 8; their steps table counts steps of it
 ROTHERMEL_STEPS_MODEL = "gpt2"  # the steps table is GPT-2's
+# The size of each task's test split in the papers (the binomial SE of a number published without
+# an error): MNIST, CIFAR-10, CIFAR10-LRA 10,000 images; ListOps 2,000; GLUE dev (SST-2, CoLA).
+TEST_EXAMPLES = {"mnist": 10_000, "cifar10": 10_000, "cifar10_lra": 10_000, "listops": 2_000,
+                 "sst2": 872, "cola": 1_043}  # fmt: skip
 SHORT = 10  # a sweep budget this many times below the papers' warns
 _warned = False
 
@@ -38,12 +42,13 @@ class Budget:
 
 
 def budget(task: str, n_train: int) -> Budget | None:
-    """The papers' budget on `task` (None if neither paper ran it); `n_train` sizes an epoch."""
+    """The papers' budget on `task` (None if neither paper ran it); `n_train` sizes an epoch: the
+    full training set, not a `task.n_train` subsample (the survey trained epochs of all of it)."""
     steps = [float(r[task]) for r in rows("rothermel2021_steps.csv") if r.get(task)]
     if steps:
         text = (
-            f"Rothermel et al. needed {min(steps):.1e}-{max(steps):.1e} steps of batch "
-            f"{ROTHERMEL_BATCH} to reach their best on {task}"
+            f"Rothermel et al.'s GPT-2 variants needed {min(steps):.1e}-{max(steps):.1e} steps "
+            f"of batch {ROTHERMEL_BATCH} on {task} to match FPT's best (FPT: to reach it)"
         )
         return Budget("rothermel2021", min(steps) * ROTHERMEL_BATCH, text)
     survey = [r for r in rows("survey_finetuning.csv") if r["task"] == task]
@@ -63,7 +68,7 @@ def warn_if_short(task: str, max_steps: int, batch_size: int, n_train: int) -> b
         return False
     _warned = True
     log.warning(
-        "sweep budget %d steps of batch %d (%s examples) is %.0fx below the papers': %s. Short "
+        "budget %d steps of batch %d (%s examples) is %.0fx below the papers': %s. Short "
         "budgets favour high LRs. Use experiment=%s_%s, or raise max_steps (or max_epochs) and "
         "stop early with patience",
         max_steps, batch_size, f"{examples:,}", paper.examples / examples, paper.text,

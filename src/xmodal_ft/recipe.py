@@ -177,8 +177,10 @@ def _train(
     steps_per_epoch = len(data.train) // cfg.batch_size
     fit_cfgs = [_fit_config(spec.cfg, steps_per_epoch) for spec in specs]
     first = specs[0]
-    if first.group is not None and not (first.choices or {}).get("experiment"):  # no preset
-        papers.warn_if_short(cfg.task.name, fit_cfgs[0].max_steps, cfg.batch_size, len(data.train))
+    if first.group is not None or (first.choices or {}).get("experiment"):  # a sweep or a preset
+        papers.warn_if_short(
+            cfg.task.name, fit_cfgs[0].max_steps, cfg.batch_size, data.full_train_size
+        )
     built: list[nn.Module] = []
     plans, rng_states = [], []
     for spec in specs:
@@ -211,6 +213,7 @@ def _train(
         wall = time.time() - started
         for spec, key, tracker, result in zip(specs, keys, trackers, results, strict=True):
             payload = _results(spec, params, result, device, wall)
+            payload["test_examples"] = len(data.test)
             payload.update(config_hash=key, metric=metric)
             if launcher is not None:
                 payload["launcher"] = launcher

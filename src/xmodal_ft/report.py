@@ -107,6 +107,7 @@ def _parse(path: Path, payload: Any) -> Run:
         history=list(payload.get("history", [])),
         config=config,
         tests={k.removeprefix("test/"): float(v) for k, v in payload.items() if k[:5] == "test/"},
+        test_examples=payload.get("test_examples"),
     )
 
 

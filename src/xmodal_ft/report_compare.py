@@ -53,8 +53,8 @@ class Published(dict):
         self.source = source
         self.steps: dict[tuple[str, str], float] = {}  # (task, variant) → steps
         for row in papers.rows(source.steps_file) if source.steps_file else []:
-            for variant in row.pop("variant").split("_or_"):  # one row names two variants
-                self.steps |= {(task, variant): float(v) for task, v in row.items()}
+            variant = row.pop("variant")
+            self.steps |= {(task, variant): float(v) for task, v in row.items()}
 
 
 def run_key(run: Run, key: tuple[str, ...]) -> tuple[str, ...]:

@@ -25,6 +25,7 @@ class Run:
     history: list[dict[str, float]]
     config: dict[str, Any]
     tests: dict[str, float] = field(default_factory=dict)  # every test metric
+    test_examples: int | None = None  # the test split's size (None: not recorded)
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,12 @@ class TaskData:
     train: Split
     val: Split
     test: Split
+    train_pool: int | None = None  # training examples before `task.n_train` subsampling
+
+    @property
+    def full_train_size(self) -> int:
+        """The training set's size before subsampling: what an epoch of the papers covers."""
+        return self.train_pool or len(self.train)
 
 
 def carve_validation(split: Split, val_size: int | float, seed: int) -> tuple[Split, Split]:

@@ -258,6 +258,7 @@ def _finish(
 ) -> TaskData:
     """Carve val from raw train, subsample, then tokenize each split (cheaper than the reverse)."""
     train, val = carve_validation(train, val_size, split_seed)
+    pool = len(train)
     train, test = subsample(train, n_train, split_seed), subsample(test, n_test, split_seed)
     train, val, test = (Split(tokenize(s.x), s.y) for s in (train, val, test))
     _, seq_len, token_dim = train.x.shape
@@ -268,7 +269,7 @@ def _finish(
         "%s: %d/%d/%d train/val/test, %d tokens of dim %d",
         name, len(train), len(val), len(test), seq_len, token_dim,
     )  # fmt: skip
-    return TaskData(spec, train, val, test)
+    return TaskData(spec, train, val, test, train_pool=pool)
 
 
 def _normalized(data: TaskData, norm: Mapping[str, Sequence[float]] | None) -> TaskData:

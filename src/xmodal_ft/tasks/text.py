@@ -105,6 +105,7 @@ def _glue(
     tok = _load_tokenizer(tokenizer)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     train, val = carve_validation(_encode(tok, raw_train, max_len, pad_id), val_size, split_seed)
+    pool = len(train)
     train = subsample(train, n_train, split_seed)
     test = subsample(_encode(tok, raw_test, max_len, pad_id), n_test, split_seed)
     seq_len = max(int(s.lengths.max()) for s in (train, val, test))
@@ -116,7 +117,7 @@ def _glue(
         "%s: %d/%d/%d train/val/test (test = GLUE dev), up to %d tokens of %s",
         name, len(train), len(val), len(test), seq_len, tokenizer,
     )  # fmt: skip
-    return TaskData(spec, train, val, test)
+    return TaskData(spec, train, val, test, train_pool=pool)
 
 
 def _lines(path: str | Path) -> list[str]:
