@@ -117,7 +117,7 @@ class DiscriminativeConfig(BaseSchemeConfig):
 
 @dataclass
 class NesterovConfig(BaseSchemeConfig):
-    momentum: float = 0.9  # SGD momentum (the survey)
+    momentum: float = 0.9  # SGD momentum (the common default; the survey states none)
 
 
 @dataclass

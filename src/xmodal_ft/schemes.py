@@ -4,7 +4,8 @@ The four schemes of the fine-tuning survey, each composable with `adapter` (houl
 `schedule` (constant | slanted_triangular); `optimizer` (adam | sgd: plain SGD) picks the update
 rule of fixed, discriminative and gradual_unfreeze (default adam):
 - fixed: one LR (Lu et al., Rothermel et al.: Adam).
-- nesterov: SGD with Nesterov momentum (0.9); its optimizer is always sgd.
+- nesterov: SGD with Nesterov momentum (0.9: our inference, the survey gives no value); its
+  optimizer is always sgd.
 - discriminative: LR of a layer group = lr · decay^(depth from the top) (ULMFiT, decay
   1/2.6; Sun et al. 2019, "How to Fine-Tune BERT for Text Classification").
 - gradual_unfreeze: one LR; at epoch e only the top e+1 layer groups train (ULMFiT).
@@ -97,7 +98,7 @@ def _validate(cfg: SchemeConfig) -> None:
     if not cfg.decay > 0:
         raise SchemeError(f"scheme.decay={cfg.decay} must be > 0 (ULMFiT: 1/2.6 ≈ 0.385)")
     if not 0 <= cfg.momentum < 1:
-        raise SchemeError(f"scheme.momentum={cfg.momentum} must lie in [0, 1) (survey: 0.9)")
+        raise SchemeError(f"scheme.momentum={cfg.momentum} must lie in [0, 1) (default 0.9)")
     if cfg.optimizer is not None and cfg.optimizer not in OPTIMIZERS:
         raise SchemeError(
             f"unknown scheme.optimizer {cfg.optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}"
