@@ -39,4 +39,4 @@ def rte(
     test = encode(data["validation"])
     seq_len = max(int(split.lengths.max()) for split in (train, val, test))
     spec = TaskSpec("rte", 2, "text", seq_len, vocab_size=len(tok), pad_id=pad_id)
-    return TaskData(spec, subsample(train, n_train, split_seed), val, test, train_pool=len(train))
+    return TaskData(spec, subsample(train, n_train, split_seed), val, test)
