@@ -91,7 +91,7 @@ def tiny_data(name: str, tmp_path: Path, tiny_bert_text: Path, tiny_gpt2_dir: Pa
         return [f"task.data_dir={write(tmp_path / 'glue')}", "task.val_size=4", "batch_size=8",
                 "model=tiny_bert", f"model.path={tiny_bert_text}", "max_epochs=null"]  # fmt: skip
     gpt2 = ["model=tiny_gpt2", f"model.path={tiny_gpt2_dir}"]
-    if name.endswith("mnist"):
+    if "mnist" in name:
         write_mnist(tmp_path / "mnist", n_train=24)
         return [*gpt2, f"task.data_dir={tmp_path / 'mnist'}"]
     if "cifar10" in name:
