@@ -184,8 +184,8 @@ def fit_runs(
             scores = evaluate_runs(model, runs, val, data.spec.metrics, cfg, "val")
             val_seconds = time.perf_counter() - val_start
             for r, (state, score) in enumerate(zip(states, scores, strict=True)):
-                state.val_seconds += val_seconds
-                if active[r]:
+                if active[r]:  # a stopped run's clock stopped with it
+                    state.val_seconds += val_seconds
                     _validated(state, score, metric, cfg, trackers[r], layout.models[r], plans[r])
                     if state.stopped_at is not None:
                         active[r], state.seconds = False, clock(r)
