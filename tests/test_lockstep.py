@@ -255,6 +255,12 @@ def test_cls_token_and_lu_input_layer_train_in_lockstep_as_alone(tmp_path, tiny_
     assert_lockstep_equals_sequential(tmp_path, *model, *inputs)
 
 
+def test_compile_is_refused_naming_the_fix(tmp_path) -> None:
+    with pytest.raises(LockstepError, match="set compile=false, .*default launcher"):
+        recipe.train(specs(tmp_path, "variant=unfrozen_random", "compile=true")[:2])
+    assert not list(tmp_path.rglob("results.json"))
+
+
 def test_random_draws_in_forward_are_refused_naming_the_default_launcher() -> None:
     class Jitter(torch.nn.Module):
         draws_random = True

@@ -173,6 +173,10 @@ def _train(
     cfg = specs[0].cfg
     if len(specs) > 1 and cfg.grad_checkpointing:  # recomputed dropout would redraw run masks
         raise lockstep.LockstepError(f"grad_checkpointing=true: {lockstep.DEFAULT_LAUNCHER}")
+    if len(specs) > 1 and cfg.compile:  # untested over stacked layers and per-run generators
+        raise lockstep.LockstepError(
+            f"compile=true: set compile=false, or {lockstep.DEFAULT_LAUNCHER}"
+        )
     scheme = schemes.SchemeConfig(**_plain(cfg.scheme))
     steps_per_epoch = len(data.train) // cfg.batch_size
     fit_cfgs = [_fit_config(spec.cfg, steps_per_epoch) for spec in specs]
