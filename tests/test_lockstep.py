@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -218,6 +219,53 @@ def test_killed_lockstep_sweep_relaunch_resumes_every_run(tmp_path) -> None:
     for key, result in resumed.items():
         for field in ("config_hash", "val/acc", "test/acc", "best_step", "steps", "history"):
             assert result[field] == expected[key][field], field
+
+
+class Killed(Exception):
+    """Stands in for a kill between two steps."""
+
+
+@pytest.mark.parametrize("misfit", [False, True], ids=["resumed", "one-checkpoint-misfits"])
+def test_a_killed_lockstep_group_resumes_every_run_exactly(
+    tmp_path, monkeypatch, caplog, misfit
+) -> None:
+    """A group killed right after its checkpoints at step 8 and trained again resumes each run
+    and ends as an uninterrupted group. A checkpoint that reads but does not fit its run (other
+    shapes) is reported and its run trains from the start, apart from the resumed ones."""
+    overrides = ["variant=unfrozen_random", "checkpoint_every=4"]
+    whole, killed = specs(tmp_path / "whole", *overrides), specs(tmp_path / "killed", *overrides)
+    recipe.train(whole, launcher="lockstep")
+    save, saved = checkpoint.save, []
+
+    def save_then_kill(path, state, *args) -> None:
+        save(path, state, *args)
+        saved.append(state.step)
+        if saved.count(8) == len(killed):
+            raise Killed
+
+    monkeypatch.setattr(checkpoint, "save", save_then_kill)
+    with pytest.raises(Killed):
+        recipe.train(killed, launcher="lockstep")
+    monkeypatch.setattr(checkpoint, "save", save)
+    paths = sorted(tmp_path.glob("killed/*/checkpoint-*.pt"))
+    assert len(paths) == len(killed) and all(checkpoint.step(p) == 8 for p in paths)
+    if misfit:  # the last run's checkpoint, of its model with another input width
+        data = tasks.build(dict(killed[-1].cfg.task), cache_dir=None)
+        other = recipe._build_model(killed[-1].cfg, data, torch.device("cpu"))
+        layer = other.input_layer
+        other.input_layer = torch.nn.Linear(layer.in_features + 1, layer.out_features)
+        optimizer = torch.optim.Adam(other.parameters())
+        checkpoint.save(paths[-1], checkpoint.LoopState(step=8), other, optimizer)
+    assert groups.group(killed) == [[0, 1, 2, 3]]  # every checkpoint reads at step 8
+    with caplog.at_level(logging.INFO, logger="xmodal_ft"):
+        recipe.train(killed, launcher="lockstep")
+    assert caplog.text.count("resumed from") == len(killed) - misfit
+    assert caplog.text.count("does not fit the model") == misfit
+    for one, many in zip(whole, killed, strict=True):
+        expected, result = records(one.run_dir)[2], records(many.run_dir)[2]
+        for key in ("config_hash", "val/acc", "test/acc", "best_step", "steps", "history"):
+            assert result[key] == expected[key], key
+    assert not list(tmp_path.rglob("checkpoint-*.pt"))
 
 
 @pytest.mark.slow

@@ -194,6 +194,17 @@ def _train(
         rng_states.append(lockstep.rng_state())  # what this run's dropout starts from
         lockstep.share_frozen(model, built)
         built.append(model)
+    paths = [_checkpoint_path(spec) for spec in specs]
+    starts = [
+        checkpoint.resume_step(path, model, plan.optimizer)
+        for path, model, plan in zip(paths, built, plans, strict=True)
+    ]
+    if len(set(starts)) > 1:  # a checkpoint that reads but does not fit its run: it starts afresh
+        log.warning(
+            "runs resume at steps %s: each step's runs train as a group of their own", starts
+        )
+        del built, plans, model
+        return _by_start(specs, starts, data, device, launcher)
     params = plans[0].params
     threads.set_threads(cfg.threads)
     allocator.keep_freed_memory()
@@ -202,7 +213,7 @@ def _train(
     log.info("%s", banner(specs, data, params, device, fit_cfgs[0].max_steps))
     metric = data.spec.metrics[0]
     tags = [str(cfg[g].name) for g in ("task", "model", "variant", "scheme")]
-    trackers, paths, keys = [], [], []
+    trackers, keys = [], []
     try:
         for spec in specs:
             config = _plain(spec.cfg)
@@ -210,8 +221,6 @@ def _train(
             meta = {"run_dir": spec.run_dir, "config": config, "group": spec.group,
                     "name": spec.name, "tags": tags}  # fmt: skip
             trackers.append(record.build_tracker(_plain(cfg.logger), spec.run_dir, meta))
-            every = spec.cfg.checkpoint_every
-            paths.append(spec.run_dir / f"checkpoint-{keys[-1]}.pt" if every else None)
         _check_checkpoint_space(paths, built, plans)
         results = engine.fit_runs(layout, plans, data, fit_cfgs, trackers, paths)
         wall = time.time() - started
@@ -231,6 +240,29 @@ def _train(
             path.unlink(missing_ok=True)
         log.info("test %s = %.4f (results in %s)", metric, result.test[metric], spec.run_dir)
     return [result.best_val[metric] for result in results]
+
+
+def _checkpoint_path(spec: RunSpec) -> Path | None:
+    """Where the run keeps its checkpoint (None: it keeps none)."""
+    if not spec.cfg.checkpoint_every:
+        return None
+    return spec.run_dir / f"checkpoint-{record.config_hash(_plain(spec.cfg))}.pt"
+
+
+def _by_start(
+    specs: list[RunSpec],
+    starts: list[int],
+    data: tasks.TaskData,
+    device: torch.device,
+    launcher: str | None,
+) -> list[float]:
+    """Train the runs of each start step as one group; each run's value, in `specs`' order."""
+    values: dict[int, float] = {}
+    for start in sorted(set(starts)):
+        members = [i for i, s in enumerate(starts) if s == start]
+        trained = _train([specs[i] for i in members], data, device, launcher)
+        values.update(zip(members, trained, strict=True))
+    return [values[i] for i in range(len(specs))]
 
 
 def _check_checkpoint_space(
