@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import statistics
+import threading
 import time
 from pathlib import Path
 
@@ -301,6 +302,17 @@ def test_cls_token_and_lu_input_layer_train_in_lockstep_as_alone(tmp_path, tiny_
     model = ["model=tiny_bert", f"model.path={tiny_bert_dir}", "variant=fpt", "model.pooling=cls"]
     inputs = ["model.input_init=orthogonal", "model.input_dropout=0.1"]
     assert_lockstep_equals_sequential(tmp_path, *model, *inputs)
+
+
+def test_a_group_leaves_no_threads_behind(tmp_path) -> None:
+    """Dropout masks are drawn on two threads here; the helper thread ends with the group."""
+
+    def pools() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name.startswith("ThreadPoolExecutor")]
+
+    before = pools()
+    recipe.train(specs(tmp_path, "variant=unfrozen_random", "threads=2")[:2])
+    assert pools() == before
 
 
 def test_compile_is_refused_naming_the_fix(tmp_path) -> None:

@@ -85,6 +85,9 @@ class Single:
     def zero_grad(self) -> None:
         self.model.zero_grad(set_to_none=True)
 
+    def close(self) -> None:
+        """Nothing to release."""
+
     def own_rng(self, run: int) -> contextlib.AbstractContextManager:
         """The run's random state is the global one."""
         return contextlib.nullcontext()
@@ -295,6 +298,12 @@ class Stacked:
         for param in self.params:
             param.grad = None
         self._grads = None
+
+    def close(self) -> None:
+        """Stop the threads that draw dropout masks (a sweep builds many layouts)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
 
 Layout = Single | Stacked

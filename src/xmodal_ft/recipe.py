@@ -233,6 +233,7 @@ def _train(
             tracker.summary(payload)
             record.write_results(spec.run_dir, payload)
     finally:
+        layout.close()
         for tracker in trackers:
             tracker.close()
     for spec, path, result in zip(specs, paths, results, strict=True):
