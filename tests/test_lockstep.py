@@ -357,6 +357,21 @@ def test_frozen_pretrained_weights_are_stored_once_and_trainable_ones_per_run(
     assert lockstep.max_runs(built[0], 8, 16, torch.device("cpu"), frozen_shared=True) == 64
 
 
+def test_max_runs_counts_the_attention_probabilities_attention_dropout_keeps(monkeypatch) -> None:
+    """At 1024 tokens (CIFAR10-LRA) the L² probabilities of SDPA's math path, which attention
+    dropout forces, dominate a run's memory: fewer runs fit than without attention dropout."""
+    monkeypatch.setattr(lockstep, "_free_memory", lambda device: 64 << 30)
+    batch, tokens, cpu = 8, 1024, torch.device("cpu")
+    counts = {}
+    for attn in (0.0, 0.1):
+        model = tiny_model(dropout=0.1, attn_dropout=attn)
+        counts[attn] = lockstep.max_runs(model, batch, tokens, cpu, frozen_shared=False)
+    config = model.backbone.config
+    probabilities = 4 * batch * config.n_head * tokens**2 * config.n_layer  # bytes, fp32
+    assert counts[0.0] == lockstep.MAX_RUNS > counts[0.1]
+    assert counts[0.1] * probabilities <= 0.5 * (64 << 30)
+
+
 # ---- the stacked optimizer step and clipping --------------------------------------------------
 
 

@@ -443,6 +443,8 @@ def _set_rng(state: RngState) -> None:
 
 MAX_RUNS = 64  # beyond this, a CPU step is compute-bound anyway and a GPU batch large
 ACTIVATION_FLOATS = 24  # floats kept for backward per token, layer and hidden unit (rough)
+ATTENTION_FLOATS = 4  # per query-key pair, head and layer on SDPA's math path (scores, probs,…)
+ATTENTION_DROPOUT = ("attn_pdrop", "attention_probs_dropout_prob", "attention_dropout")
 
 
 def max_runs(
@@ -453,15 +455,18 @@ def max_runs(
     A run costs its trainable parameters four times (weights, gradients, two Adam moments), its
     frozen parameters once unless `frozen_shared` (pretrained; random ones are counted per run,
     an upper bound as runs of one seed share them), and its activations: batch · tokens · hidden
-    · layers · ACTIVATION_FLOATS.
+    · layers · ACTIVATION_FLOATS. With attention dropout, attention takes SDPA's math path in
+    lockstep, which keeps L² probabilities: batch · heads · tokens² · layers · ATTENTION_FLOATS.
     """
     config = model.backbone.config
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-    activations = batch_size * seq_len * config.hidden_size * config.num_hidden_layers
-    per_run = 4 * (
-        4 * trainable + (0 if frozen_shared else frozen) + ACTIVATION_FLOATS * activations
-    )
+    layers = config.num_hidden_layers
+    activations = ACTIVATION_FLOATS * batch_size * seq_len * config.hidden_size * layers
+    if any(getattr(config, key, 0) for key in ATTENTION_DROPOUT):
+        heads = config.num_attention_heads
+        activations += ATTENTION_FLOATS * batch_size * heads * seq_len**2 * layers
+    per_run = 4 * (4 * trainable + (0 if frozen_shared else frozen) + activations)
     return max(1, min(MAX_RUNS, int(0.5 * _free_memory(device) // per_run)))
 
 
