@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -241,3 +244,15 @@ def test_a_stopped_runs_validation_time_stops_growing(monkeypatch) -> None:
     going, stopped = engine.fit_runs(layout, plans, sign_task(), [cfg] * 2, [None] * 2, [None] * 2)
     assert stopped.stopped_early and stopped.steps == 4 and not going.stopped_early
     assert (going.val_seconds, stopped.val_seconds) == (7.0, 3.0)  # passes at 0, 2, 4, … 12
+
+
+def test_a_single_run_imports_no_lockstep(tmp_path) -> None:
+    """Lockstep (and the newer transformers it needs) is imported by groups of runs only."""
+    code = (
+        "import sys; from conftest import make_cfg; from xmodal_ft import run; "
+        "run(make_cfg('variant=unfrozen_random'), run_dir=sys.argv[1]); "
+        "assert 'xmodal_ft.lockstep' not in sys.modules, 'imported'"
+    )
+    tests = Path(__file__).parent
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=tests, check=True)
+    assert json.loads((tmp_path / "results.json").read_text())["status"] == "complete"

@@ -446,6 +446,21 @@ def test_stacked_optimizer_step_is_each_runs_own_step_bit_for_bit(kind: str, thr
         assert [s["step 0"].item() for s in together] == [3.0, 1.0, 3.0]
 
 
+@pytest.mark.parametrize("kind", ["adam", "nesterov"])
+def test_without_torchs_private_fused_kernels_each_run_takes_its_own_step(
+    kind: str, monkeypatch
+) -> None:
+    """Where torch lacks `_fused_adam_` / `_fused_sgd_`, each run's public `optimizer.step()` on
+    its gradient views gives the same bits."""
+    alone = stepped(kind, stacked=False)
+    monkeypatch.setattr(lockstep, "fused_kernels", lambda: None)
+    together = stepped(kind, stacked=True)
+    for one, many in zip(alone, together, strict=True):
+        assert one.keys() == many.keys()
+        for key in one:
+            assert torch.equal(one[key], many[key]), key
+
+
 def test_a_group_whose_checkpoints_exceed_the_free_disk_is_refused_before_training(
     tmp_path, monkeypatch
 ) -> None:

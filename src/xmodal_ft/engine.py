@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -16,9 +17,13 @@ from tqdm.auto import tqdm
 
 from xmodal_ft import checkpoint, metrics
 from xmodal_ft.checkpoint import LoopState
-from xmodal_ft.lockstep import DEFAULT_LAUNCHER, Layout, LockstepError, Single
+from xmodal_ft.errors import DEFAULT_LAUNCHER, LockstepError
+from xmodal_ft.layout import Single
 from xmodal_ft.record import Tracker
 from xmodal_ft.tasks.base import Split, TaskData, subsample
+
+if TYPE_CHECKING:  # a group of runs needs lockstep (and a newer transformers); one run does not
+    from xmodal_ft.lockstep import Layout
 
 log = logging.getLogger(__name__)
 
