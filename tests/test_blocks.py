@@ -114,7 +114,14 @@ def test_swap_replaces_modules_in_place_children_included() -> None:
         return blocks.block_form(module, dict(module._parameters), 1, rows)
 
     names = dict(model.named_parameters())
+    seen = []
+    handle = model[1].register_forward_hook(lambda module, args, out: seen.append(out.shape))
     assert blocks.swap(model, one_block) == ["0", "0.layer", "1"]
+    model(torch.ones(2, 3, 5))
+    assert seen == [(2, 4, 2)]  # the original's hook runs on its replacement
+    handle.remove()
+    model(torch.ones(2, 3, 5))
+    assert len(seen) == 1
     assert [type(m) for m in (model[0], model[0].layer, model[1])] == [
         blocks.BlockPrependToken, blocks.BlockLinear, blocks.BlockLinear]  # fmt: skip
     assert dict(model.named_parameters()) == names  # the same parameters, by the same names

@@ -48,7 +48,7 @@ class Rows:
 def swap(model: nn.Module, replace: Callable[[str, nn.Module], nn.Module | None]) -> list[str]:
     """Put `replace(name, module)` in `model` in place of each submodule it returns a module for,
     parents before children (a replacement that keeps its original's children has them visited
-    too); return the names replaced."""
+    too), with the original's hooks and train/eval mode; return the names replaced."""
     swapped = []
     for name in [n for n, _ in model.named_modules() if n]:
         try:
@@ -57,10 +57,25 @@ def swap(model: nn.Module, replace: Callable[[str, nn.Module], nn.Module | None]
             continue
         new = replace(name, module)
         if new is not None:
+            _keep_hooks(module, new)
+            new.train(module.training)
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent), child, new)
             swapped.append(name)
     return swapped
+
+
+_HOOKS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
+          "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_backward_pre_hooks",
+          "_backward_hooks")  # fmt: skip
+
+
+def _keep_hooks(module: nn.Module, new: nn.Module) -> None:
+    """`new` runs `module`'s hooks: it takes module's hook dicts themselves (torch's private
+    attributes), so the handles registered on `module` still remove them."""
+    for name in _HOOKS:
+        if hasattr(module, name):
+            setattr(new, name, getattr(module, name))
 
 
 def block_form(module: nn.Module, params: Params, blocks: int, rows: Rows) -> nn.Module:
