@@ -16,11 +16,14 @@ import pytest
 import torch
 import yaml
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from conftest import CONF, make_cfg, tiny_model, with_keys
-from hydra_plugins.xmodal_lockstep_launcher.lockstep_launcher import _changed_values
+from hydra_plugins.xmodal_lockstep_launcher import lockstep_launcher
+from hydra_plugins.xmodal_lockstep_launcher.lockstep_launcher import Composer, _changed_values
 from test_sweeps import TINY as SWEEP
 from test_sweeps import results, sweep
 from xmodal_ft import checkpoint, groups, lockstep, recipe, record, run, tasks
@@ -195,6 +198,25 @@ def test_only_jobs_differing_in_root_values_reuse_a_composed_config(first, secon
     changed = _changed_values(parser.parse_overrides(first), parser.parse_overrides(second),
                               composed)  # fmt: skip
     assert (changed is not None) == reused
+
+
+def test_a_derived_config_is_the_config_hydra_composes(monkeypatch) -> None:
+    """The Composer's copy of a composed job with other root values (Hydra's private helpers
+    applying them) equals Hydra's own composition of that job; without those helpers, the
+    loader composes every job itself."""
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("config", ["max_steps=7"], RunMode.MULTIRUN)
+        composer = Composer(loader)
+        composer.load_sweep_config(master, ["lr=0.001", "seed=0"])
+        derived = composer.load_sweep_config(master, ["lr=0.01", "seed=1"])
+        composed = loader.load_sweep_config(master, ["lr=0.01", "seed=1"])
+        assert len(composer.composed) == 1  # the second job was derived, not composed
+        assert OmegaConf.to_container(derived) == OmegaConf.to_container(composed)
+        monkeypatch.setattr(lockstep_launcher, "private_hydra", lambda: None)
+        own = loader.load_sweep_config
+        Composer.install(loader)
+        assert loader.load_sweep_config == own
 
 
 @pytest.mark.slow
