@@ -231,19 +231,21 @@ def test_a_stopped_runs_validation_time_stops_growing(monkeypatch) -> None:
     the passes it took part in, not those of the runs that went on after it stopped."""
 
     def scores(model, runs, split, names, cfg, desc) -> list[dict[str, float]]:
-        scores.calls += 1  # run 0 improves every pass, run 1 never after the first
+        scores.calls += 1  # run 0 improves every pass, run 1 never after step 2
         return [{"acc": scores.calls / 100}, {"acc": 0.5}]
 
     scores.calls = 0
     monkeypatch.setattr(engine, "evaluate_runs", scores)
     monkeypatch.setattr(engine, "time", Clock())
     models = [tiny_model(), tiny_model()]
+    with torch.no_grad():
+        models[1].output_layer.bias.add_(1.0)  # not equal: step 0 scores both runs
     plans = [schemes.build(m, schemes.SchemeConfig(), lr=1e-3) for m in models]
     cfg = FitConfig(batch_size=8, max_steps=12, eval_every=2, patience=2, progress=False)
     layout = lockstep.build(models, [lockstep.rng_state()] * 2)
     going, stopped = engine.fit_runs(layout, plans, sign_task(), [cfg] * 2, [None] * 2, [None] * 2)
-    assert stopped.stopped_early and stopped.steps == 4 and not going.stopped_early
-    assert (going.val_seconds, stopped.val_seconds) == (7.0, 3.0)  # passes at 0, 2, 4, … 12
+    assert stopped.stopped_early and stopped.steps == 6 and not going.stopped_early
+    assert (going.val_seconds, stopped.val_seconds) == (7.0, 4.0)  # passes at 0, 2, 4, … 12
 
 
 def test_a_single_run_imports_no_lockstep(tmp_path) -> None:

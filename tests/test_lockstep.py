@@ -26,7 +26,7 @@ from hydra_plugins.xmodal_lockstep_launcher import lockstep_launcher
 from hydra_plugins.xmodal_lockstep_launcher.lockstep_launcher import Composer, _changed_values
 from test_sweeps import TINY as SWEEP
 from test_sweeps import results, sweep
-from xmodal_ft import checkpoint, groups, lockstep, recipe, record, run, tasks
+from xmodal_ft import checkpoint, engine, groups, lockstep, recipe, record, run, tasks
 from xmodal_ft.errors import UserError
 from xmodal_ft.lockstep import LockstepError
 from xmodal_ft.recipe import RunSpec
@@ -108,6 +108,21 @@ def test_early_stopped_runs_stop_updating_while_the_others_go_on(tmp_path) -> No
         json.loads(p.read_text())["stopped_early"] for p in tmp_path.glob("ls/*/results.json")
     ]
     assert any(stopped) and not all(stopped)
+
+
+def test_step_0_validation_scores_each_seed_once(tmp_path, monkeypatch) -> None:
+    """Runs of one seed have equal weights at step 0: one of them is scored (by its own model),
+    later passes score every run at once; the scores are the lone runs' (the tests above)."""
+    calls = []
+    evaluate = engine.evaluate_runs
+
+    def spy(model, runs, split, names, cfg, desc):
+        calls.append((desc, runs))
+        return evaluate(model, runs, split, names, cfg, desc)
+
+    monkeypatch.setattr(engine, "evaluate_runs", spy)
+    recipe.train(specs(tmp_path, "variant=unfrozen_random", "max_steps=5"))
+    assert calls == [("val", 1), ("val", 1), ("val", 4), ("test", 4)]  # seeds 0 and 1
 
 
 def test_groups_hold_runs_that_differ_only_in_lr_and_seed(tmp_path) -> None:

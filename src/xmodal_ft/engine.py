@@ -186,7 +186,7 @@ def fit_runs(
                         checkpoint.save(path, state, layout.models[r], optimizers[r])
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
             val_start = time.perf_counter()
-            scores = evaluate_runs(model, runs, val, data.spec.metrics, cfg, "val")
+            scores = _validation_scores(layout, step, val, data.spec.metrics, cfg)
             val_seconds = time.perf_counter() - val_start
             for r, (state, score) in enumerate(zip(states, scores, strict=True)):
                 if active[r]:  # a stopped run's clock stopped with it
@@ -251,6 +251,30 @@ def fit_runs(
                       state.seconds, state.history, state.val_seconds)
         )  # fmt: skip
     return results
+
+
+def _validation_scores(
+    layout: Layout, step: int, val: Split, names: tuple[str, ...], cfg: FitConfig
+) -> list[dict[str, float]]:
+    """Each run's validation scores. At step 0, runs whose weights are equal (runs of one seed)
+    are scored once, by one run's own model (which computes as its lone run)."""
+    if step > 0 or layout.runs == 1:
+        return evaluate_runs(layout.model, layout.runs, val, names, cfg, "val")
+    same = _first_equal(layout.models)
+    scores = {r: evaluate_runs(layout.models[r], 1, val, names, cfg, "val")[0] for r in set(same)}
+    return [scores[r] for r in same]
+
+
+def _first_equal(run_models: Sequence[nn.Module]) -> list[int]:
+    """For each run, the first run whose parameters all equal its own (itself at least)."""
+    params = [list(m.parameters()) for m in run_models]
+
+    def equal(a: list[nn.Parameter], b: list[nn.Parameter]) -> bool:
+        return all(
+            x.data_ptr() == y.data_ptr() or torch.equal(x, y) for x, y in zip(a, b, strict=True)
+        )
+
+    return [next(o for o in range(r + 1) if equal(params[o], own)) for r, own in enumerate(params)]
 
 
 def _validated(

@@ -77,6 +77,8 @@ class Stacked:
         blocks.swap(self.model, self._block_form)
         del self._run_modules
         _use_attention(self.model)
+        for model in self.models:  # each computes as its lone run (step-0 validation per seed)
+            Single(model)
 
     def _block_form(self, name: str, module: nn.Module) -> nn.Module | None:
         """What computes carrier module `name` for every run (None: the module as it is)."""
