@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from conftest import make_cfg, sign_task, tiny_model, with_keys
-from xmodal_ft import engine, run, schemes
+from xmodal_ft import engine, lockstep, run, schemes
 from xmodal_ft.engine import FitConfig, TrainPlan, Unfreeze, evaluate, fit
 from xmodal_ft.tasks.base import Split, TaskData, subsample
 
@@ -210,3 +213,48 @@ def test_validation_time_is_part_of_the_training_time() -> None:
     plan = schemes.build(model, schemes.SchemeConfig(), lr=1e-3)
     result = fit(model, plan, sign_task(), FitConfig(max_steps=2, eval_every=1, progress=False))
     assert 0 < result.val_seconds <= result.train_seconds  # validation runs inside the loop
+
+
+class Clock:
+    """A `time` module whose clock advances one second per reading."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_a_stopped_runs_validation_time_stops_growing(monkeypatch) -> None:
+    """Each validation pass takes one second on the fake clock: a run's validation time counts
+    the passes it took part in, not those of the runs that went on after it stopped."""
+
+    def scores(model, runs, split, names, cfg, desc) -> list[dict[str, float]]:
+        scores.calls += 1  # run 0 improves every pass, run 1 never after step 2
+        return [{"acc": scores.calls / 100}, {"acc": 0.5}]
+
+    scores.calls = 0
+    monkeypatch.setattr(engine, "evaluate_runs", scores)
+    monkeypatch.setattr(engine, "time", Clock())
+    models = [tiny_model(), tiny_model()]
+    with torch.no_grad():
+        models[1].output_layer.bias.add_(1.0)  # not equal: step 0 scores both runs
+    plans = [schemes.build(m, schemes.SchemeConfig(), lr=1e-3) for m in models]
+    cfg = FitConfig(batch_size=8, max_steps=12, eval_every=2, patience=2, progress=False)
+    layout = lockstep.build(models, [lockstep.rng_state()] * 2)
+    going, stopped = engine.fit_runs(layout, plans, sign_task(), [cfg] * 2, [None] * 2, [None] * 2)
+    assert stopped.stopped_early and stopped.steps == 6 and not going.stopped_early
+    assert (going.val_seconds, stopped.val_seconds) == (7.0, 4.0)  # passes at 0, 2, 4, … 12
+
+
+def test_a_single_run_imports_no_lockstep(tmp_path) -> None:
+    """Lockstep (and the newer transformers it needs) is imported by groups of runs only."""
+    code = (
+        "import sys; from conftest import make_cfg; from xmodal_ft import run; "
+        "run(make_cfg('variant=unfrozen_random'), run_dir=sys.argv[1]); "
+        "assert 'xmodal_ft.lockstep' not in sys.modules, 'imported'"
+    )
+    tests = Path(__file__).parent
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=tests, check=True)
+    assert json.loads((tmp_path / "results.json").read_text())["status"] == "complete"

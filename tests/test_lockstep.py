@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
 import statistics
+import threading
 import time
 from pathlib import Path
 
@@ -14,14 +16,17 @@ import pytest
 import torch
 import yaml
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from conftest import CONF, make_cfg, tiny_model, with_keys
-from hydra_plugins.xmodal_lockstep_launcher.lockstep_launcher import _changed_values
+from hydra_plugins.xmodal_lockstep_launcher import lockstep_launcher
+from hydra_plugins.xmodal_lockstep_launcher.lockstep_launcher import Composer, _changed_values
 from test_sweeps import TINY as SWEEP
 from test_sweeps import results, sweep
-from xmodal_ft import checkpoint, groups, lockstep, recipe, record, run, tasks
+from xmodal_ft import checkpoint, engine, groups, lockstep, recipe, record, run, tasks
 from xmodal_ft.errors import UserError
 from xmodal_ft.lockstep import LockstepError
 from xmodal_ft.recipe import RunSpec
@@ -103,6 +108,21 @@ def test_early_stopped_runs_stop_updating_while_the_others_go_on(tmp_path) -> No
         json.loads(p.read_text())["stopped_early"] for p in tmp_path.glob("ls/*/results.json")
     ]
     assert any(stopped) and not all(stopped)
+
+
+def test_step_0_validation_scores_each_seed_once(tmp_path, monkeypatch) -> None:
+    """Runs of one seed have equal weights at step 0: one of them is scored (by its own model),
+    later passes score every run at once; the scores are the lone runs' (the tests above)."""
+    calls = []
+    evaluate = engine.evaluate_runs
+
+    def spy(model, runs, split, names, cfg, desc):
+        calls.append((desc, runs))
+        return evaluate(model, runs, split, names, cfg, desc)
+
+    monkeypatch.setattr(engine, "evaluate_runs", spy)
+    recipe.train(specs(tmp_path, "variant=unfrozen_random", "max_steps=5"))
+    assert calls == [("val", 1), ("val", 1), ("val", 4), ("test", 4)]  # seeds 0 and 1
 
 
 def test_groups_hold_runs_that_differ_only_in_lr_and_seed(tmp_path) -> None:
@@ -195,6 +215,25 @@ def test_only_jobs_differing_in_root_values_reuse_a_composed_config(first, secon
     assert (changed is not None) == reused
 
 
+def test_a_derived_config_is_the_config_hydra_composes(monkeypatch) -> None:
+    """The Composer's copy of a composed job with other root values (Hydra's private helpers
+    applying them) equals Hydra's own composition of that job; without those helpers, the
+    loader composes every job itself."""
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("config", ["max_steps=7"], RunMode.MULTIRUN)
+        composer = Composer(loader)
+        composer.load_sweep_config(master, ["lr=0.001", "seed=0"])
+        derived = composer.load_sweep_config(master, ["lr=0.01", "seed=1"])
+        composed = loader.load_sweep_config(master, ["lr=0.01", "seed=1"])
+        assert len(composer.composed) == 1  # the second job was derived, not composed
+        assert OmegaConf.to_container(derived) == OmegaConf.to_container(composed)
+        monkeypatch.setattr(lockstep_launcher, "private_hydra", lambda: None)
+        own = loader.load_sweep_config
+        Composer.install(loader)
+        assert loader.load_sweep_config == own
+
+
 @pytest.mark.slow
 def test_killed_lockstep_sweep_relaunch_resumes_every_run(tmp_path) -> None:
     args = ["lr=1e-3,1e-2", "seed=0,1", "max_steps=60", "eval_every=4", "checkpoint_every=4"]
@@ -218,6 +257,53 @@ def test_killed_lockstep_sweep_relaunch_resumes_every_run(tmp_path) -> None:
     for key, result in resumed.items():
         for field in ("config_hash", "val/acc", "test/acc", "best_step", "steps", "history"):
             assert result[field] == expected[key][field], field
+
+
+class Killed(Exception):
+    """Stands in for a kill between two steps."""
+
+
+@pytest.mark.parametrize("misfit", [False, True], ids=["resumed", "one-checkpoint-misfits"])
+def test_a_killed_lockstep_group_resumes_every_run_exactly(
+    tmp_path, monkeypatch, caplog, misfit
+) -> None:
+    """A group killed right after its checkpoints at step 8 and trained again resumes each run
+    and ends as an uninterrupted group. A checkpoint that reads but does not fit its run (other
+    shapes) is reported and its run trains from the start, apart from the resumed ones."""
+    overrides = ["variant=unfrozen_random", "checkpoint_every=4"]
+    whole, killed = specs(tmp_path / "whole", *overrides), specs(tmp_path / "killed", *overrides)
+    recipe.train(whole, launcher="lockstep")
+    save, saved = checkpoint.save, []
+
+    def save_then_kill(path, state, *args) -> None:
+        save(path, state, *args)
+        saved.append(state.step)
+        if saved.count(8) == len(killed):
+            raise Killed
+
+    monkeypatch.setattr(checkpoint, "save", save_then_kill)
+    with pytest.raises(Killed):
+        recipe.train(killed, launcher="lockstep")
+    monkeypatch.setattr(checkpoint, "save", save)
+    paths = sorted(tmp_path.glob("killed/*/checkpoint-*.pt"))
+    assert len(paths) == len(killed) and all(checkpoint.step(p) == 8 for p in paths)
+    if misfit:  # the last run's checkpoint, of its model with another input width
+        data = tasks.build(dict(killed[-1].cfg.task), cache_dir=None)
+        other = recipe._build_model(killed[-1].cfg, data, torch.device("cpu"))
+        layer = other.input_layer
+        other.input_layer = torch.nn.Linear(layer.in_features + 1, layer.out_features)
+        optimizer = torch.optim.Adam(other.parameters())
+        checkpoint.save(paths[-1], checkpoint.LoopState(step=8), other, optimizer)
+    assert groups.group(killed) == [[0, 1, 2, 3]]  # every checkpoint reads at step 8
+    with caplog.at_level(logging.INFO, logger="xmodal_ft"):
+        recipe.train(killed, launcher="lockstep")
+    assert caplog.text.count("resumed from") == len(killed) - misfit
+    assert caplog.text.count("does not fit the model") == misfit
+    for one, many in zip(whole, killed, strict=True):
+        expected, result = records(one.run_dir)[2], records(many.run_dir)[2]
+        for key in ("config_hash", "val/acc", "test/acc", "best_step", "steps", "history"):
+            assert result[key] == expected[key], key
+    assert not list(tmp_path.rglob("checkpoint-*.pt"))
 
 
 @pytest.mark.slow
@@ -255,6 +341,23 @@ def test_cls_token_and_lu_input_layer_train_in_lockstep_as_alone(tmp_path, tiny_
     assert_lockstep_equals_sequential(tmp_path, *model, *inputs)
 
 
+def test_a_group_leaves_no_threads_behind(tmp_path) -> None:
+    """Dropout masks are drawn on two threads here; the helper thread ends with the group."""
+
+    def pools() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name.startswith("ThreadPoolExecutor")]
+
+    before = pools()
+    recipe.train(specs(tmp_path, "variant=unfrozen_random", "threads=2")[:2])
+    assert pools() == before
+
+
+def test_compile_is_refused_naming_the_fix(tmp_path) -> None:
+    with pytest.raises(LockstepError, match="set compile=false, .*default launcher"):
+        recipe.train(specs(tmp_path, "variant=unfrozen_random", "compile=true")[:2])
+    assert not list(tmp_path.rglob("results.json"))
+
+
 def test_random_draws_in_forward_are_refused_naming_the_default_launcher() -> None:
     class Jitter(torch.nn.Module):
         draws_random = True
@@ -289,6 +392,21 @@ def test_frozen_pretrained_weights_are_stored_once_and_trainable_ones_per_run(
     assert lockstep.max_runs(built[0], 8, 16, torch.device("cpu"), frozen_shared=True) == 1
     monkeypatch.setattr(lockstep, "_free_memory", lambda device: 1 << 40)
     assert lockstep.max_runs(built[0], 8, 16, torch.device("cpu"), frozen_shared=True) == 64
+
+
+def test_max_runs_counts_the_attention_probabilities_attention_dropout_keeps(monkeypatch) -> None:
+    """At 1024 tokens (CIFAR10-LRA) the L² probabilities of SDPA's math path, which attention
+    dropout forces, dominate a run's memory: fewer runs fit than without attention dropout."""
+    monkeypatch.setattr(lockstep, "_free_memory", lambda device: 64 << 30)
+    batch, tokens, cpu = 8, 1024, torch.device("cpu")
+    counts = {}
+    for attn in (0.0, 0.1):
+        model = tiny_model(dropout=0.1, attn_dropout=attn)
+        counts[attn] = lockstep.max_runs(model, batch, tokens, cpu, frozen_shared=False)
+    config = model.backbone.config
+    probabilities = 4 * batch * config.n_head * tokens**2 * config.n_layer  # bytes, fp32
+    assert counts[0.0] == lockstep.MAX_RUNS > counts[0.1]
+    assert counts[0.1] * probabilities <= 0.5 * (64 << 30)
 
 
 # ---- the stacked optimizer step and clipping --------------------------------------------------
@@ -363,6 +481,21 @@ def test_stacked_optimizer_step_is_each_runs_own_step_bit_for_bit(kind: str, thr
             assert torch.equal(one[key], many[key]), key
     if kind.startswith("adam"):
         assert [s["step 0"].item() for s in together] == [3.0, 1.0, 3.0]
+
+
+@pytest.mark.parametrize("kind", ["adam", "nesterov"])
+def test_without_torchs_private_fused_kernels_each_run_takes_its_own_step(
+    kind: str, monkeypatch
+) -> None:
+    """Where torch lacks `_fused_adam_` / `_fused_sgd_`, each run's public `optimizer.step()` on
+    its gradient views gives the same bits."""
+    alone = stepped(kind, stacked=False)
+    monkeypatch.setattr(lockstep, "fused_kernels", lambda: None)
+    together = stepped(kind, stacked=True)
+    for one, many in zip(alone, together, strict=True):
+        assert one.keys() == many.keys()
+        for key in one:
+            assert torch.equal(one[key], many[key]), key
 
 
 def test_a_group_whose_checkpoints_exceed_the_free_disk_is_refused_before_training(

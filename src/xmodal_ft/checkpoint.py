@@ -81,6 +81,17 @@ def step(path: Path) -> int:
         return 0
 
 
+def resume_step(path: Path | None, model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """The step `load` would resume the run at: 0 for no file, or one that cannot be read or
+    does not fit `model` and `optimizer` (its run starts afresh)."""
+    if path is None or not path.exists():
+        return 0
+    try:
+        return _fitting(path, _read(path, mmap=True), model, optimizer).step
+    except CheckpointError:
+        return 0
+
+
 def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> LoopState:
     """Restore model, optimizer and RNGs from `path`; return the loop state.
 
@@ -88,27 +99,49 @@ def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> Loop
     objects other than tensors and plain containers, or does not fit `model` and `optimizer`.
     """
     payload = _read(path)
+    state = _fitting(path, payload, model, optimizer)
+    try:
+        optimizer.load_state_dict(payload["optimizer"])
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CheckpointError(f"checkpoint {path} is not a checkpoint of this run: {err}") from err
+    params = dict(model.named_parameters())
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for name, value in payload["params"].items():
+            params[name].copy_(value)
+    state.best_weights = {n: t.to(device) for n, t in state.best_weights.items()}
+    torch.random.set_rng_state(payload["rng"])
+    if payload["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(payload["cuda_rng"])
+    return state
+
+
+def _fitting(
+    path: Path, payload: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer
+) -> LoopState:
+    """The loop state of `payload`, after checking that its weights and optimizer state fit
+    `model` and `optimizer` by name and shape (a `CheckpointError` names what does not)."""
     params = dict(model.named_parameters())
     try:
         state = LoopState(**payload["loop"])
-        saved = payload["params"]
-        for name, value in [*saved.items(), *state.best_weights.items()]:
+        for name, value in [*payload["params"].items(), *state.best_weights.items()]:
             if name not in params or value.shape != params[name].shape:
                 raise CheckpointError(f"checkpoint {path} does not fit the model ({name})")
-        rng, cuda_rng = payload["rng"], payload["cuda_rng"]
-        optimizer.load_state_dict(payload["optimizer"])
+        saved = payload["optimizer"]
+        own = [list(group["params"]) for group in optimizer.param_groups]
+        if [len(g["params"]) for g in saved["param_groups"]] != [len(g) for g in own]:
+            raise CheckpointError(f"checkpoint {path} does not fit the optimizer's groups")
+        by_index = [p for group in own for p in group]
+        for index, values in saved["state"].items():
+            shapes = [v.shape for v in values.values() if torch.is_tensor(v) and v.dim() > 0]
+            if any(shape != by_index[index].shape for shape in shapes):
+                raise CheckpointError(f"checkpoint {path} does not fit the optimizer's state")
+        if "rng" not in payload or "cuda_rng" not in payload:
+            raise CheckpointError(f"checkpoint {path} holds no random state")
     except CheckpointError:
         raise
-    except (KeyError, TypeError, ValueError, AttributeError) as err:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
         raise CheckpointError(f"checkpoint {path} is not a checkpoint of this run: {err}") from err
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        for name, value in saved.items():
-            params[name].copy_(value)
-    state.best_weights = {n: t.to(device) for n, t in state.best_weights.items()}
-    torch.random.set_rng_state(rng)
-    if cuda_rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda_rng)
     return state
 
 

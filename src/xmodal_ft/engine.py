@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -16,9 +17,13 @@ from tqdm.auto import tqdm
 
 from xmodal_ft import checkpoint, metrics
 from xmodal_ft.checkpoint import LoopState
-from xmodal_ft.lockstep import DEFAULT_LAUNCHER, Layout, LockstepError, Single
+from xmodal_ft.errors import DEFAULT_LAUNCHER, LockstepError
+from xmodal_ft.layout import Single
 from xmodal_ft.record import Tracker
 from xmodal_ft.tasks.base import Split, TaskData, subsample
+
+if TYPE_CHECKING:  # a group of runs needs lockstep (and a newer transformers); one run does not
+    from xmodal_ft.lockstep import Layout
 
 log = logging.getLogger(__name__)
 
@@ -181,11 +186,11 @@ def fit_runs(
                         checkpoint.save(path, state, layout.models[r], optimizers[r])
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
             val_start = time.perf_counter()
-            scores = evaluate_runs(model, runs, val, data.spec.metrics, cfg, "val")
+            scores = _validation_scores(layout, step, val, data.spec.metrics, cfg)
             val_seconds = time.perf_counter() - val_start
             for r, (state, score) in enumerate(zip(states, scores, strict=True)):
-                state.val_seconds += val_seconds
-                if active[r]:
+                if active[r]:  # a stopped run's clock stopped with it
+                    state.val_seconds += val_seconds
                     _validated(state, score, metric, cfg, trackers[r], layout.models[r], plans[r])
                     if state.stopped_at is not None:
                         active[r], state.seconds = False, clock(r)
@@ -246,6 +251,30 @@ def fit_runs(
                       state.seconds, state.history, state.val_seconds)
         )  # fmt: skip
     return results
+
+
+def _validation_scores(
+    layout: Layout, step: int, val: Split, names: tuple[str, ...], cfg: FitConfig
+) -> list[dict[str, float]]:
+    """Each run's validation scores. At step 0, runs whose weights are equal (runs of one seed)
+    are scored once, by one run's own model (which computes as its lone run)."""
+    if step > 0 or layout.runs == 1:
+        return evaluate_runs(layout.model, layout.runs, val, names, cfg, "val")
+    same = _first_equal(layout.models)
+    scores = {r: evaluate_runs(layout.models[r], 1, val, names, cfg, "val")[0] for r in set(same)}
+    return [scores[r] for r in same]
+
+
+def _first_equal(run_models: Sequence[nn.Module]) -> list[int]:
+    """For each run, the first run whose parameters all equal its own (itself at least)."""
+    params = [list(m.parameters()) for m in run_models]
+
+    def equal(a: list[nn.Parameter], b: list[nn.Parameter]) -> bool:
+        return all(
+            x.data_ptr() == y.data_ptr() or torch.equal(x, y) for x, y in zip(a, b, strict=True)
+        )
+
+    return [next(o for o in range(r + 1) if equal(params[o], own)) for r, own in enumerate(params)]
 
 
 def _validated(

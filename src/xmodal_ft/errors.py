@@ -28,6 +28,13 @@ class UserError(Exception):
         return one_line(super().__str__())
 
 
+class LockstepError(UserError, ValueError):
+    """A configuration that cannot train in lockstep; the message names the way out."""
+
+
+DEFAULT_LAUNCHER = "run it with the default launcher (drop hydra/launcher=lockstep)"
+
+
 def one_line(message: str) -> str:
     """`message` on one line: blank lines and Hydra's location details dropped, lists joined."""
     parts: list[str] = []

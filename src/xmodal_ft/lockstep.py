@@ -1,27 +1,29 @@
-"""Run layouts: one run's model as is, or R runs of one configuration stacked into one model.
+"""R runs of one configuration stacked into one carrier model (the `Stacked` layout).
 
 `stack(models)` turns R run models (each built from its own seed, exactly as a sequential run
 builds it) into one carrier model whose batch is the runs' batches, run-major: rows
-[r·B, (r+1)·B) belong to run r. Trainable leaf modules compute with tensors stacked on a leading
-block axis: Linear and GPT-2's Conv1D as a batched matmul over a (K, rows/K, features) view,
-LayerNorm as torch's kernel per block, Embedding with per-block tables. A lone run's trainable
-Linear, Conv1D and Embedding layers compute in the same block form (K = 1), so each run's numbers
-are its lone run's bit for bit on fixed-length inputs (see `_as_blocks`). Frozen modules equal in
-every run stay single and take all R·B rows as one batch (the pretrained backbone under FPT);
-frozen ones whose values differ per block of runs (random backbones of several seeds) run each
-block's rows through one of its runs' modules; attention has no parameters and runs unchanged.
+[r·B, (r+1)·B) belong to run r. The carrier is a copy of run 0's modules sharing its tensors, in
+which `blocks.swap` puts stacked layers (`blocks`; `print(stacked.model)` names them): trainable
+leaf modules compute with tensors stacked on a leading block axis, as a lone run's compute with
+one block (`layout.Single`), so each run's numbers are its lone run's bit for bit on fixed-length
+inputs. Frozen modules equal in every run stay single and take all R·B rows as one batch (the
+pretrained backbone under FPT); frozen ones whose values differ per block of runs (random
+backbones of several seeds) become `FrozenBlocks`: each block's rows through one of its runs'
+modules; attention has no parameters and runs unchanged.
 
 Each run model's parameters become views of the stacked tensors, so every run keeps its own
 optimizer (its own LR and Adam state), checkpoint and best-weights copies, all built on its own
 model as a lone run would. One backward fills the stacked gradients; clipping and the optimizer
 step then work per run on slices of them: the step calls torch's fused Adam/SGD kernel on each
 run's own tensors (`FusedStep`: the update `optimizer.step()` makes, bit for bit, without its
-per-call Python work), so R runs cost R kernel calls and one step-counter update per step.
+per-call Python work), so R runs cost R kernel calls and one step-counter update per step. Where
+torch lacks those kernels, each run takes its own `optimizer.step()` on its views (as exact).
 
 Randomness is per run too: each run has its own generator (in the state its lone run would start
-training with), and dropout (modules, and attention dropout through SDPA's math path written out)
-draws each run's masks from it for that run's rows, so a lockstep run draws exactly the masks of
-its lone run while the ops run once on the whole batch.
+training with), and dropout (`blocks.RunDropout`, and attention dropout through SDPA's math path
+written out, the attention function registered with transformers when a stack is built) draws
+each run's masks from it for that run's rows, so a lockstep run draws exactly the masks of its
+lone run while the ops run once on the whole batch.
 """
 
 from __future__ import annotations
@@ -29,65 +31,23 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import types
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.optim import optimizer as torch_optimizer
 from transformers import AttentionInterface, PretrainedConfig
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-from transformers.pytorch_utils import Conv1D
 
-from xmodal_ft.errors import UserError
-from xmodal_ft.inputs import PrependToken
+from xmodal_ft import blocks
+from xmodal_ft.errors import DEFAULT_LAUNCHER, LockstepError
+from xmodal_ft.layout import RngState, Single, rng_state, trains
 
-RngState = tuple[torch.Tensor, torch.Tensor | None]  # CPU and CUDA generator states
+__all__ = ["DEFAULT_LAUNCHER", "LockstepError", "Single", "Stacked", "build", "rng_state"]
 ATTENTION = "lockstep_sdpa"  # SDPA with per-run attention-dropout masks
-
-
-class LockstepError(UserError, ValueError):
-    """A configuration that cannot train in lockstep; the message names the way out."""
-
-
-DEFAULT_LAUNCHER = "run it with the default launcher (drop hydra/launcher=lockstep)"
-
-
-class Single:
-    """One run: its own model, torch's gradient clipping, gradients freed after each step."""
-
-    runs = 1
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-        self.models = [model]
-        self.rows = 0  # rows of the model's current batch
-        for module in model.modules():
-            if type(module) in FORWARDS and type(module) not in ALONE_AS_IS and _trains(module):
-                _as_blocks(module, 1, self)
-        model.register_forward_pre_hook(self._enter)
-
-    def _enter(self, module: nn.Module, args: tuple) -> None:
-        self.rows = args[0].shape[0]
-
-    def clip(self, max_norm: float) -> None:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
-
-    def step(self, optimizers: Sequence[torch.optim.Optimizer], active: Sequence[bool]) -> None:
-        if active[0]:
-            optimizers[0].step()
-
-    def zero_grad(self) -> None:
-        self.model.zero_grad(set_to_none=True)
-
-    def own_rng(self, run: int) -> contextlib.AbstractContextManager:
-        """The run's random state is the global one."""
-        return contextlib.nullcontext()
 
 
 class Stacked:
@@ -97,7 +57,6 @@ class Stacked:
         self.models = list(models)
         self.runs = len(models)
         self.generators = [_generators(state) for state in rng_states]
-        self.rows = 0  # rows of the carrier's current batch (R · per-run rows)
         self.pads: list[int] = [0] * self.runs  # each run's padding in this batch's sequences
         self._pool: ThreadPoolExecutor | None = None  # draws dropout masks beside this thread
         self.params: list[nn.Parameter] = []  # the stacked trainable parameters
@@ -108,43 +67,40 @@ class Stacked:
         self._counts = torch.zeros(0)  # Adam's step counters, (runs, parameters)
         self._active: tuple[bool, ...] = ()
         self._advance = torch.zeros(0)
-        shared = {id(t): t for m in models[:1] for t in [*m.parameters(), *m.buffers()]}
-        self.model = copy.deepcopy(models[0], memo=dict(shared))  # modules copied, tensors shared
+        _refuse_random_draws(models[0])
+        self.model = _carrier(models[0])
+        self.rows = blocks.Rows()  # the carrier's batch rows (R · per-run rows)
+        self.rows.follow(self.model)
         self.model.register_forward_pre_hook(self._enter)
         self.model.register_forward_hook(self._exit)
-        run_modules = [dict(m.named_modules()) for m in models]
-        for name, module in self.model.named_modules():
-            names = list(module._parameters)
-            if not names:
-                continue
-            values = [[getattr(rm[name], n) for rm in run_modules] for n in names]
-            blocks = _blocks(values)
-            trains = _trains(module)
-            if trains and type(module) not in FORWARDS:
-                raise LockstepError(
-                    f"lockstep cannot stack {type(module).__name__} ({name}): {DEFAULT_LAUNCHER}"
-                )
-            for param_name, per_run in zip(names, values, strict=True):
-                setattr(module, param_name, self._stack(per_run, blocks))
-            if trains or (blocks > 1 and type(module) is nn.Embedding):
-                _as_blocks(module, blocks, self)
-            elif blocks > 1:  # frozen, one value per block of runs (random backbones per seed)
-                size = self.runs // blocks
-                module.blocks = blocks
-                module.block_modules = [run_modules[b * size][name] for b in range(blocks)]
-                module.forward = types.MethodType(_frozen_blocks, module)
-        for name, module in self.model.named_modules():
-            if getattr(module, "draws_random", False):  # e.g. data augmentation in forward
-                raise LockstepError(
-                    f"lockstep cannot give each run its own random draws in {name} "
-                    f"({type(module).__name__}): {DEFAULT_LAUNCHER}"
-                )
-            if isinstance(module, nn.Dropout):
-                module.layout = self
-                module.forward = types.MethodType(_dropout, module)
-            config = getattr(module, "config", None)
-            if isinstance(config, PretrainedConfig) and config._attn_implementation == "sdpa":
-                config._attn_implementation = ATTENTION
+        self._run_modules = [dict(m.named_modules()) for m in models]
+        blocks.swap(self.model, self._block_form)
+        del self._run_modules
+        _use_attention(self.model)
+        for model in self.models:  # each computes as its lone run (step-0 validation per seed)
+            Single(model)
+
+    def _block_form(self, name: str, module: nn.Module) -> nn.Module | None:
+        """What computes carrier module `name` for every run (None: the module as it is)."""
+        if isinstance(module, nn.Dropout):
+            return blocks.RunDropout(module, self, self.runs)
+        names = [n for n, p in module._parameters.items() if p is not None]
+        if not names:
+            return None
+        values = [[getattr(rm[name], n) for rm in self._run_modules] for n in names]
+        count = _blocks(values)
+        trainable = trains(module)
+        if trainable and type(module) not in blocks.BLOCK_FORMS:
+            raise LockstepError(
+                f"lockstep cannot stack {type(module).__name__} ({name}): {DEFAULT_LAUNCHER}"
+            )
+        params = {n: self._stack(per_run, count) for n, per_run in zip(names, values, strict=True)}
+        if trainable or (count > 1 and type(module) is nn.Embedding):
+            return blocks.block_form(module, params, count, self.rows)
+        if count > 1:  # frozen, one value per block of runs (random backbones per seed)
+            size = self.runs // count
+            return blocks.FrozenBlocks([self._run_modules[b * size][name] for b in range(count)])
+        return None
 
     def _stack(self, per_run: list[nn.Parameter], blocks: int) -> nn.Parameter:
         """One parameter of `blocks` blocks; each run's parameter becomes a view of its block."""
@@ -166,7 +122,6 @@ class Stacked:
 
     def _enter(self, module: nn.Module, args: tuple) -> None:
         x, lengths = args[0], args[1] if len(args) > 1 else None
-        self.rows = x.shape[0]
         self.pads = [0] * self.runs
         if lengths is not None and self.model.training:  # only dropout masks depend on pads
             widths = lengths.view(self.runs, -1).amax(dim=1)
@@ -296,6 +251,12 @@ class Stacked:
             param.grad = None
         self._grads = None
 
+    def close(self) -> None:
+        """Stop the threads that draw dropout masks (a sweep builds many layouts)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
 
 Layout = Single | Stacked
 
@@ -347,13 +308,10 @@ class FusedStep:
     ) -> FusedStep | None:
         """The fused step of `optimizer`, or None where it would not be exactly its own step:
         other optimizers, unfused or tensor-LR groups, AMSGrad, parameters without a slot, mixed
-        devices or dtypes, step hooks."""
+        devices or dtypes, step hooks, a torch without the kernels."""
         if type(optimizer) not in (torch.optim.Adam, torch.optim.SGD):
             return None
-        if optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks:
-            return None
-        hooks = torch_optimizer
-        if hooks._global_optimizer_pre_hooks or hooks._global_optimizer_post_hooks:
+        if fused_kernels() is None or _step_hooks(optimizer):
             return None
         kinds = set()
         for group in optimizer.param_groups:
@@ -377,25 +335,44 @@ class FusedStep:
 
     def __call__(self, grads: Sequence[torch.Tensor]) -> None:
         """One step with the run's gradients `grads` (by slot)."""
+        adam, sgd = fused_kernels()
         for group, slots, lists in self.groups:
             group_grads = [grads[j] for j in slots]
             if self.adam:
                 params, exp_avgs, exp_avg_sqs, steps = lists
                 beta1, beta2 = group["betas"]
-                torch._fused_adam_(
+                adam(
                     params, group_grads, exp_avgs, exp_avg_sqs, [], steps, lr=group["lr"],
                     beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
                     eps=group["eps"], amsgrad=False, maximize=group["maximize"],
                 )  # fmt: skip
             else:
                 params, buffers = lists
-                torch._fused_sgd_(
+                sgd(
                     params, group_grads, buffers, weight_decay=group["weight_decay"],
                     momentum=group["momentum"], lr=group["lr"], dampening=group["dampening"],
                     nesterov=group["nesterov"], maximize=group["maximize"],
                     is_first_step=self.first,
                 )  # fmt: skip
         self.first = False
+
+
+def fused_kernels() -> tuple[Callable[..., None], Callable[..., None]] | None:
+    """torch's private fused Adam and SGD kernels (`torch._fused_adam_`, `torch._fused_sgd_`),
+    or None where this torch has not both (each run then takes its own `optimizer.step()`)."""
+    adam, sgd = getattr(torch, "_fused_adam_", None), getattr(torch, "_fused_sgd_", None)
+    return None if adam is None or sgd is None else (adam, sgd)
+
+
+def _step_hooks(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether step hooks (the optimizer's or global ones) would run in `optimizer.step()`; True
+    where torch keeps them elsewhere than this version does (private attributes)."""
+    places = [
+        (optimizer, "_optimizer_step_pre_hooks"), (optimizer, "_optimizer_step_post_hooks"),
+        (torch_optimizer, "_global_optimizer_pre_hooks"),
+        (torch_optimizer, "_global_optimizer_post_hooks"),
+    ]  # fmt: skip
+    return any(getattr(owner, name, True) for owner, name in places)
 
 
 def _trainable(model: nn.Module) -> list[nn.Parameter]:
@@ -409,11 +386,6 @@ def build(models: Sequence[nn.Module], rng_states: Sequence[RngState]) -> Layout
     right after building its model and optimizer).
     """
     return Single(models[0]) if len(models) == 1 else Stacked(models, rng_states)
-
-
-def rng_state() -> RngState:
-    """The global random state (CPU, and CUDA when present)."""
-    return torch.get_rng_state(), torch.cuda.get_rng_state() if torch.cuda.is_available() else None
 
 
 def _generators(state: RngState) -> tuple[torch.Generator, torch.Generator | None]:
@@ -434,6 +406,8 @@ def _set_rng(state: RngState) -> None:
 
 MAX_RUNS = 64  # beyond this, a CPU step is compute-bound anyway and a GPU batch large
 ACTIVATION_FLOATS = 24  # floats kept for backward per token, layer and hidden unit (rough)
+ATTENTION_FLOATS = 4  # per query-key pair, head and layer on SDPA's math path (scores, probs,…)
+ATTENTION_DROPOUT = ("attn_pdrop", "attention_probs_dropout_prob", "attention_dropout")
 
 
 def max_runs(
@@ -444,15 +418,18 @@ def max_runs(
     A run costs its trainable parameters four times (weights, gradients, two Adam moments), its
     frozen parameters once unless `frozen_shared` (pretrained; random ones are counted per run,
     an upper bound as runs of one seed share them), and its activations: batch · tokens · hidden
-    · layers · ACTIVATION_FLOATS.
+    · layers · ACTIVATION_FLOATS. With attention dropout, attention takes SDPA's math path in
+    lockstep, which keeps L² probabilities: batch · heads · tokens² · layers · ATTENTION_FLOATS.
     """
     config = model.backbone.config
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-    activations = batch_size * seq_len * config.hidden_size * config.num_hidden_layers
-    per_run = 4 * (
-        4 * trainable + (0 if frozen_shared else frozen) + ACTIVATION_FLOATS * activations
-    )
+    layers = config.num_hidden_layers
+    activations = ACTIVATION_FLOATS * batch_size * seq_len * config.hidden_size * layers
+    if any(getattr(config, key, 0) for key in ATTENTION_DROPOUT):
+        heads = config.num_attention_heads
+        activations += ATTENTION_FLOATS * batch_size * heads * seq_len**2 * layers
+    per_run = 4 * (4 * trainable + (0 if frozen_shared else frozen) + activations)
     return max(1, min(MAX_RUNS, int(0.5 * _free_memory(device) // per_run)))
 
 
@@ -514,101 +491,33 @@ def _all_equal(values: list[list[nn.Parameter]], run: int, other: int) -> bool:
     )
 
 
-def _as_blocks(module: nn.Module, blocks: int, layout: Single | Stacked) -> None:
-    """`module` computes in block form with `blocks` blocks (1: its parameters are not stacked).
-
-    A lone run's trainable layers compute in this form too, so each block of a stack runs the
-    very kernels of its lone run (a batched matmul over K blocks gives each block the bits it
-    gives alone, where `addmm` vs `bmm` can differ in the last bit, and such bits grow into
-    different runs over a few hundred steps at a high LR). LayerNorm's block form calls torch's
-    own kernel per block, so a lone run keeps the plain module (`ALONE_AS_IS`). Frozen layers
-    keep torch's forward in both layouts: their rows are independent of the batch around them."""
-    module.blocks = blocks
-    module.layout = layout
-    module.forward = types.MethodType(FORWARDS[type(module)], module)
+def _carrier(model: nn.Module) -> nn.Module:
+    """A copy of `model`'s modules that shares its tensors (its layers are then swapped; the
+    run's own model stays as built)."""
+    shared = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    return copy.deepcopy(model, memo=shared)
 
 
-def _trains(module: nn.Module) -> bool:
-    return any(p.requires_grad for p in module._parameters.values() if p is not None)
+def _refuse_random_draws(model: nn.Module) -> None:
+    """Modules that draw random numbers in forward (from the global generator) would draw one
+    stream for all runs."""
+    for name, module in model.named_modules():
+        if getattr(module, "draws_random", False):  # e.g. data augmentation in forward
+            raise LockstepError(
+                f"lockstep cannot give each run its own random draws in {name} "
+                f"({type(module).__name__}): {DEFAULT_LAUNCHER}"
+            )
 
 
-def _frozen_blocks(self: nn.Module, x: torch.Tensor, *args: object) -> torch.Tensor:
-    """A frozen module whose weights differ per block of runs: each block's rows through the
-    module of one of its runs, as a lone run computes them."""
-    parts = x.reshape(self.blocks, -1, *x.shape[1:]).unbind(0)
-    return torch.cat([m(part, *args) for m, part in zip(self.block_modules, parts, strict=True)])
-
-
-def _stacked(module: nn.Module, tensor: torch.Tensor | None) -> torch.Tensor | None:
-    """`tensor` of `module` with its leading block axis (added for an unstacked module)."""
-    return tensor if tensor is None or module.blocks > 1 else tensor.unsqueeze(0)
-
-
-def _matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x @ weight[k] + bias[k] for each block k of x's rows; weight is (K, in, out)."""
-    shape = x.shape
-    blocks = weight.shape[0]
-    x = x.reshape(blocks, -1, shape[-1])
-    out = torch.bmm(x, weight) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, weight)
-    return out.reshape(*shape[:-1], weight.shape[-1])
-
-
-def _linear(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    return _matmul(x, _stacked(self, self.weight).transpose(1, 2), _stacked(self, self.bias))
-
-
-def _conv1d(self: Conv1D, x: torch.Tensor) -> torch.Tensor:
-    return _matmul(x, _stacked(self, self.weight), _stacked(self, self.bias))
-
-
-def _layer_norm(self: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
-    """Each block's rows through `F.layer_norm` with the block's scale and shift: torch's fused
-    kernel, as its lone run calls it (an affine map after the normalisation would round apart,
-    and its backward would sum the scale's gradient in another order)."""
-    weights = [None] * self.blocks if self.weight is None else self.weight.unbind(0)
-    biases = [None] * self.blocks if self.bias is None else self.bias.unbind(0)
-    parts = x.reshape(self.blocks, -1, *x.shape[1:]).unbind(0)
-    return torch.cat(
-        [
-            F.layer_norm(part, self.normalized_shape, weight, bias, self.eps)
-            for part, weight, bias in zip(parts, weights, biases, strict=True)
-        ]
-    )
-
-
-def _embedding(self: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
-    """Per-block lookups; ids of one row (positions) broadcast over every run's rows."""
-    weight = _stacked(self, self.weight)
-    blocks, vocab, hidden = weight.shape
-    if ids.shape[0] == 1:
-        rows = self.layout.rows
-        out = weight[:, ids[0]].unsqueeze(1).expand(blocks, rows // blocks, *ids.shape[1:], -1)
-        out = out.reshape(rows, *ids.shape[1:], hidden)
-    else:
-        offsets = torch.arange(blocks, device=ids.device) * vocab
-        shifted = (ids.reshape(blocks, -1) + offsets.unsqueeze(1)).reshape(ids.shape)
-        out = F.embedding(shifted, weight.reshape(blocks * vocab, hidden))
-    if self.padding_idx is not None:  # the padding row gets no gradient, as in nn.Embedding
-        out = out.masked_fill((ids == self.padding_idx).unsqueeze(-1), 0.0)
-    return out
-
-
-def _prepend_token(self: PrependToken, x: torch.Tensor) -> torch.Tensor:
-    """Each block's own learned token in front of its runs' sequences."""
-    embeds = self.layer(x)
-    rows, length, hidden = embeds.shape
-    token = _stacked(self, self.token).to(embeds.dtype)[:, None, None, :]
-    token = token.expand(self.blocks, -1, 1, hidden)
-    token = token.expand(self.blocks, rows // self.blocks, 1, hidden).reshape(rows, 1, hidden)
-    return torch.cat([token, embeds], dim=1)
-
-
-def _dropout(self: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
-    """Each run's rows dropped with the run's own random state (its lone run's masks)."""
-    if not self.training or self.p == 0:
-        return x
-    sequence = (1,) if x.dim() == 3 else ()  # (rows, sequence, features) or (rows, features)
-    return x * self.layout.keep_masks(x, 1 - self.p, sequence).div_(1 - self.p)
+def _use_attention(model: nn.Module) -> None:
+    """`model`'s modules on SDPA attention take lockstep's (`_attention`), registered with
+    transformers here."""
+    AttentionInterface.register(ATTENTION, _attention)
+    AttentionMaskInterface.register(ATTENTION, sdpa_mask)
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if isinstance(config, PretrainedConfig) and config._attn_implementation == "sdpa":
+            config._attn_implementation = ATTENTION
 
 
 def _attention(
@@ -624,13 +533,17 @@ def _attention(
 ) -> tuple[torch.Tensor, None]:
     """Transformers' SDPA attention; with attention dropout, the math path torch takes on CPU
     (`_scaled_dot_product_attention_math`, op for op, so a lone run's bits) with each run's rows
-    dropped by the mask its lone run draws (`at::dropout` on the probabilities)."""
+    dropped by the mask its lone run draws (`at::dropout` on the probabilities). Grouped
+    key/value heads (`num_key_value_groups`) are repeated as that path repeats them."""
     layout = _RUNNING.get()
-    if dropout == 0.0 or layout is None or hasattr(module, "num_key_value_groups"):
+    if dropout == 0.0 or layout is None:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
             is_causal=is_causal, **kwargs,
         )  # fmt: skip
+    groups = getattr(module, "num_key_value_groups", 1)
+    if groups > 1:
+        key, value = key.repeat_interleave(groups, -3), value.repeat_interleave(groups, -3)
     if attention_mask is not None and attention_mask.ndim == 4:
         attention_mask = attention_mask[:, :, :, : key.shape[-2]]
     is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
@@ -644,21 +557,17 @@ def _attention(
         if attention_mask.dtype == torch.bool:  # as torch converts it: 0 kept, -inf dropped
             attention_mask = torch.where(attention_mask, 0.0, float("-inf")).to(scores.dtype)
         scores.add_(attention_mask)
-    probs = torch.ops.aten._safe_softmax(scores, -1)
+    probs = safe_softmax(scores)
     probs = probs * layout.keep_masks(probs, 1 - dropout, (2, 3)).div_(1 - dropout)
     return (probs @ value).transpose(1, 2).contiguous(), None
 
 
-_RUNNING: ContextVar[Stacked | None] = ContextVar("lockstep_running", default=None)
-AttentionInterface.register(ATTENTION, _attention)
-AttentionMaskInterface.register(ATTENTION, sdpa_mask)
+def safe_softmax(scores: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dim as SDPA's math path takes it: torch's private
+    `aten._safe_softmax` (zeros, not NaN, for a row that masks every key) where torch has it,
+    else the public softmax (which older torch's math path called)."""
+    safe = getattr(torch.ops.aten, "_safe_softmax", None)
+    return torch.softmax(scores, -1) if safe is None else safe(scores, -1)
 
-# Layers whose block form computes each block as torch's own forward does: a lone run keeps it.
-ALONE_AS_IS = (nn.LayerNorm,)
-FORWARDS: dict[type, Callable[..., torch.Tensor]] = {
-    nn.Linear: _linear,
-    Conv1D: _conv1d,
-    nn.LayerNorm: _layer_norm,
-    nn.Embedding: _embedding,
-    PrependToken: _prepend_token,
-}
+
+_RUNNING: ContextVar[Stacked | None] = ContextVar("lockstep_running", default=None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import platform
@@ -13,6 +14,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -25,7 +27,6 @@ from xmodal_ft import (
     checkpoint,
     engine,
     labels,
-    lockstep,
     logs,
     models,
     papers,
@@ -36,7 +37,8 @@ from xmodal_ft import (
     variants,
 )
 from xmodal_ft.engine import FitConfig, FitResult, TrainPlan
-from xmodal_ft.errors import UserError
+from xmodal_ft.errors import DEFAULT_LAUNCHER, LockstepError, UserError
+from xmodal_ft.layout import Single, rng_state
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +137,9 @@ def train(
     if max_runs is None and len(todo) > 1:
         model = _build_model(cfg, data, device)
         pretrained = bool(cfg.variant.pretrained)
-        max_runs = lockstep.max_runs(model, cfg.batch_size, data.spec.seq_len, device, pretrained)
+        max_runs = _lockstep().max_runs(
+            model, cfg.batch_size, data.spec.seq_len, device, pretrained
+        )
         log.info("lockstep: at most %d runs at once (lockstep.max_runs)", max_runs)
         del model
     for chunk in _chunks(todo, max_runs or 1):
@@ -172,7 +176,9 @@ def _train(
     started = time.time()
     cfg = specs[0].cfg
     if len(specs) > 1 and cfg.grad_checkpointing:  # recomputed dropout would redraw run masks
-        raise lockstep.LockstepError(f"grad_checkpointing=true: {lockstep.DEFAULT_LAUNCHER}")
+        raise LockstepError(f"grad_checkpointing=true: {DEFAULT_LAUNCHER}")
+    if len(specs) > 1 and cfg.compile:  # untested over stacked layers and per-run generators
+        raise LockstepError(f"compile=true: set compile=false, or {DEFAULT_LAUNCHER}")
     scheme = schemes.SchemeConfig(**_plain(cfg.scheme))
     steps_per_epoch = len(data.train) // cfg.batch_size
     fit_cfgs = [_fit_config(spec.cfg, steps_per_epoch) for spec in specs]
@@ -187,18 +193,30 @@ def _train(
         model = _build_model(spec.cfg, data, device)
         total_steps = fit_cfgs[0].max_steps
         plans.append(schemes.build(model, scheme, lr=spec.cfg.lr, total_steps=total_steps))
-        rng_states.append(lockstep.rng_state())  # what this run's dropout starts from
-        lockstep.share_frozen(model, built)
+        rng_states.append(rng_state())  # what this run's dropout starts from
+        if built:
+            _lockstep().share_frozen(model, built)
         built.append(model)
+    paths = [_checkpoint_path(spec) for spec in specs]
+    starts = [
+        checkpoint.resume_step(path, model, plan.optimizer)
+        for path, model, plan in zip(paths, built, plans, strict=True)
+    ]
+    if len(set(starts)) > 1:  # a checkpoint that reads but does not fit its run: it starts afresh
+        log.warning(
+            "runs resume at steps %s: each step's runs train as a group of their own", starts
+        )
+        del built, plans, model
+        return _by_start(specs, starts, data, device, launcher)
     params = plans[0].params
     threads.set_threads(cfg.threads)
     allocator.keep_freed_memory()
-    layout = lockstep.build(built, rng_states)
+    layout = Single(built[0]) if len(built) == 1 else _lockstep().Stacked(built, rng_states)
     models.speed_up(layout.model, grad_checkpointing=cfg.grad_checkpointing, compile=cfg.compile)
     log.info("%s", banner(specs, data, params, device, fit_cfgs[0].max_steps))
     metric = data.spec.metrics[0]
     tags = [str(cfg[g].name) for g in ("task", "model", "variant", "scheme")]
-    trackers, paths, keys = [], [], []
+    trackers, keys = [], []
     try:
         for spec in specs:
             config = _plain(spec.cfg)
@@ -206,8 +224,6 @@ def _train(
             meta = {"run_dir": spec.run_dir, "config": config, "group": spec.group,
                     "name": spec.name, "tags": tags}  # fmt: skip
             trackers.append(record.build_tracker(_plain(cfg.logger), spec.run_dir, meta))
-            every = spec.cfg.checkpoint_every
-            paths.append(spec.run_dir / f"checkpoint-{keys[-1]}.pt" if every else None)
         _check_checkpoint_space(paths, built, plans)
         results = engine.fit_runs(layout, plans, data, fit_cfgs, trackers, paths)
         wall = time.time() - started
@@ -220,6 +236,7 @@ def _train(
             tracker.summary(payload)
             record.write_results(spec.run_dir, payload)
     finally:
+        layout.close()
         for tracker in trackers:
             tracker.close()
     for spec, path, result in zip(specs, paths, results, strict=True):
@@ -227,6 +244,35 @@ def _train(
             path.unlink(missing_ok=True)
         log.info("test %s = %.4f (results in %s)", metric, result.test[metric], spec.run_dir)
     return [result.best_val[metric] for result in results]
+
+
+def _lockstep() -> ModuleType:
+    """`xmodal_ft.lockstep`, imported by groups of runs only: a single run needs neither it nor
+    the newer transformers it imports."""
+    return importlib.import_module("xmodal_ft.lockstep")
+
+
+def _checkpoint_path(spec: RunSpec) -> Path | None:
+    """Where the run keeps its checkpoint (None: it keeps none)."""
+    if not spec.cfg.checkpoint_every:
+        return None
+    return spec.run_dir / f"checkpoint-{record.config_hash(_plain(spec.cfg))}.pt"
+
+
+def _by_start(
+    specs: list[RunSpec],
+    starts: list[int],
+    data: tasks.TaskData,
+    device: torch.device,
+    launcher: str | None,
+) -> list[float]:
+    """Train the runs of each start step as one group; each run's value, in `specs`' order."""
+    values: dict[int, float] = {}
+    for start in sorted(set(starts)):
+        members = [i for i, s in enumerate(starts) if s == start]
+        trained = _train([specs[i] for i in members], data, device, launcher)
+        values.update(zip(members, trained, strict=True))
+    return [values[i] for i in range(len(specs))]
 
 
 def _check_checkpoint_space(

@@ -19,13 +19,12 @@ config, a test compares them).
 import copy
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
@@ -147,7 +146,10 @@ class Composer:
 
     @classmethod
     def install(cls, loader: Any) -> None:
-        loader.load_sweep_config = cls(loader).load_sweep_config
+        """Serve `loader`'s sweep configs; where this Hydra lacks the private helpers
+        (`private_hydra`), the loader composes every job itself."""
+        if private_hydra() is not None:
+            loader.load_sweep_config = cls(loader).load_sweep_config
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]):
         parsed = self.parser.parse_overrides(sweep_overrides)
@@ -163,8 +165,9 @@ class Composer:
     def _derived(
         master: DictConfig, config: DictConfig, changed: list[Override], parsed: list[Override]
     ) -> DictConfig:
+        apply_overrides, get_overrides_dirname = private_hydra()
         derived = copy.deepcopy(config)
-        ConfigLoaderImpl._apply_overrides_to_config(changed, derived)
+        apply_overrides(changed, derived)
         app = [o for o in parsed if not o.is_hydra_override()]
         hydra = derived.hydra
         hydra.overrides.task = [o.input_line for o in app]
@@ -175,6 +178,18 @@ class Composer:
         )  # fmt: skip
         OmegaConf.copy_cache(from_config=master, to_config=derived)
         return derived
+
+
+def private_hydra() -> tuple[Callable[..., None], Callable[..., str]] | None:
+    """Hydra's private helpers the `Composer` applies overrides with, as composing does
+    (`ConfigLoaderImpl._apply_overrides_to_config`, `get_overrides_dirname` in
+    `hydra._internal`), or None where this Hydra has them elsewhere."""
+    try:
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
+    except ImportError:
+        return None
+    apply_overrides = getattr(ConfigLoaderImpl, "_apply_overrides_to_config", None)
+    return None if apply_overrides is None else (apply_overrides, get_overrides_dirname)
 
 
 def _changed_values(

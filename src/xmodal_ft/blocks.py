@@ -1,0 +1,259 @@
+"""Layers in block form: a batch's rows in K equal blocks, block k computed with weights k.
+
+A lockstep carrier's batch is R runs' batches, run-major; its stacked layers hold the runs'
+weights on a leading block axis (K = R for trainable layers; fewer for frozen ones equal within
+blocks of runs) and give block k's rows block k's weights. `swap` puts them in a model in place
+of torch's (and GPT-2's) layers, the way parameter-efficient fine-tuning libraries replace
+modules, so `print(model)` shows them. Each keeps its original's class as a base, its
+hyper-parameters and its parameter names (checkpoints and optimizers see the same names).
+
+A lone run's trainable Linear, Conv1D and Embedding layers compute in block form too (K = 1), so
+each block of a stack runs the very kernels of its lone run (a batched matmul over K blocks gives
+each block the bits it gives alone, where `addmm` vs `bmm` can differ in the last bit, and such
+bits grow into different runs over a few hundred steps at a high LR). LayerNorm's block form
+calls torch's own kernel per block, so a lone run keeps torch's module (`ALONE_AS_IS`). Frozen
+layers keep torch's forward: their rows do not depend on the batch around them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from xmodal_ft.inputs import PrependToken
+
+Params = dict[str, nn.Parameter | None]
+
+
+class Rows:
+    """The row count of the batch a model runs now, for layers that broadcast one row of ids
+    (positions) to every block's rows; `follow(model)` keeps it up to date."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def follow(self, model: nn.Module) -> None:
+        """Set the count from each batch `model` runs (its first argument's rows)."""
+        model.register_forward_pre_hook(self._enter)
+
+    def _enter(self, module: nn.Module, args: tuple) -> None:
+        self.count = args[0].shape[0]
+
+
+def swap(model: nn.Module, replace: Callable[[str, nn.Module], nn.Module | None]) -> list[str]:
+    """Put `replace(name, module)` in `model` in place of each submodule it returns a module for,
+    parents before children (a replacement that keeps its original's children has them visited
+    too), with the original's hooks and train/eval mode; return the names replaced."""
+    swapped = []
+    for name in [n for n, _ in model.named_modules() if n]:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:  # under a replacement that does not keep it
+            continue
+        new = replace(name, module)
+        if new is not None:
+            _keep_hooks(module, new)
+            new.train(module.training)
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, new)
+            swapped.append(name)
+    return swapped
+
+
+_HOOKS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
+          "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_backward_pre_hooks",
+          "_backward_hooks")  # fmt: skip
+
+
+def _keep_hooks(module: nn.Module, new: nn.Module) -> None:
+    """`new` runs `module`'s hooks: it takes module's hook dicts themselves (torch's private
+    attributes), so the handles registered on `module` still remove them."""
+    for name in _HOOKS:
+        if hasattr(module, name):
+            setattr(new, name, getattr(module, name))
+
+
+def block_form(module: nn.Module, params: Params, blocks: int, rows: Rows) -> nn.Module:
+    """`module` in block form with `blocks` blocks and parameters `params` (by name)."""
+    return BLOCK_FORMS[type(module)](module, params, blocks, rows)
+
+
+def _with_blocks(tensor: torch.Tensor | None, blocks: int) -> torch.Tensor | None:
+    """`tensor` with its leading block axis (added for K = 1, whose weights are not stacked)."""
+    return tensor if tensor is None or blocks > 1 else tensor.unsqueeze(0)
+
+
+def _matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x @ weight[k] + bias[k] for each block k of x's rows; weight is (K, in, out)."""
+    shape = x.shape
+    blocks = weight.shape[0]
+    x = x.reshape(blocks, -1, shape[-1])
+    out = torch.bmm(x, weight) if bias is None else torch.baddbmm(bias.unsqueeze(1), x, weight)
+    return out.reshape(*shape[:-1], weight.shape[-1])
+
+
+class BlockLinear(nn.Linear):
+    """`nn.Linear` in block form: weight (K, out, in) and bias (K, out), or unstacked for K = 1."""
+
+    def __init__(self, linear: nn.Linear, params: Params, blocks: int, rows: Rows) -> None:
+        nn.Module.__init__(self)
+        self.in_features, self.out_features, self.blocks = (
+            linear.in_features,
+            linear.out_features,
+            blocks,
+        )
+        self.weight = params["weight"]
+        self.register_parameter("bias", params.get("bias"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = _with_blocks(self.weight, self.blocks).transpose(1, 2)
+        return _matmul(x, weight, _with_blocks(self.bias, self.blocks))
+
+    def extra_repr(self) -> str:
+        return f"blocks={self.blocks}, {super().extra_repr()}"
+
+
+class BlockConv1D(Conv1D):
+    """GPT-2's `Conv1D` in block form: weight (K, in, out) and bias (K, out)."""
+
+    def __init__(self, conv: Conv1D, params: Params, blocks: int, rows: Rows) -> None:
+        nn.Module.__init__(self)
+        self.nf, self.nx, self.blocks = conv.nf, conv.nx, blocks
+        self.weight = params["weight"]
+        self.register_parameter("bias", params.get("bias"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = _with_blocks(self.weight, self.blocks)
+        return _matmul(x, weight, _with_blocks(self.bias, self.blocks))
+
+    def __repr__(self) -> str:
+        return f"BlockConv1D(blocks={self.blocks}, nf={self.nf}, nx={self.nx})"
+
+
+class BlockLayerNorm(nn.LayerNorm):
+    """`nn.LayerNorm` in block form: each block's rows through `F.layer_norm` with the block's
+    scale and shift, torch's fused kernel as its lone run calls it (an affine map after the
+    normalisation would round apart, and its backward would sum the scale's gradient in another
+    order)."""
+
+    def __init__(self, norm: nn.LayerNorm, params: Params, blocks: int, rows: Rows) -> None:
+        nn.Module.__init__(self)
+        self.normalized_shape, self.eps = norm.normalized_shape, norm.eps
+        self.elementwise_affine, self.blocks = norm.elementwise_affine, blocks
+        self.register_parameter("weight", params.get("weight"))
+        self.register_parameter("bias", params.get("bias"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = [None] * self.blocks if self.weight is None else self.weight.unbind(0)
+        biases = [None] * self.blocks if self.bias is None else self.bias.unbind(0)
+        parts = x.reshape(self.blocks, -1, *x.shape[1:]).unbind(0)
+        return torch.cat(
+            [
+                F.layer_norm(part, self.normalized_shape, weight, bias, self.eps)
+                for part, weight, bias in zip(parts, weights, biases, strict=True)
+            ]
+        )
+
+    def extra_repr(self) -> str:
+        return f"blocks={self.blocks}, {super().extra_repr()}"
+
+
+class BlockEmbedding(nn.Embedding):
+    """`nn.Embedding` in block form: table (K, vocab, hidden); ids of one row (positions)
+    broadcast over every block's rows (`rows`: the batch's)."""
+
+    def __init__(self, embedding: nn.Embedding, params: Params, blocks: int, rows: Rows) -> None:
+        nn.Module.__init__(self)
+        for key in ("num_embeddings", "embedding_dim", "padding_idx", "max_norm", "norm_type",
+                    "scale_grad_by_freq", "sparse"):  # fmt: skip
+            setattr(self, key, getattr(embedding, key))
+        self.weight, self.blocks, self.rows = params["weight"], blocks, rows
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        weight = _with_blocks(self.weight, self.blocks)
+        blocks, vocab, hidden = weight.shape
+        if ids.shape[0] == 1:
+            rows = self.rows.count
+            out = weight[:, ids[0]].unsqueeze(1).expand(blocks, rows // blocks, *ids.shape[1:], -1)
+            out = out.reshape(rows, *ids.shape[1:], hidden)
+        else:
+            offsets = torch.arange(blocks, device=ids.device) * vocab
+            shifted = (ids.reshape(blocks, -1) + offsets.unsqueeze(1)).reshape(ids.shape)
+            out = F.embedding(shifted, weight.reshape(blocks * vocab, hidden))
+        if self.padding_idx is not None:  # the padding row gets no gradient, as in nn.Embedding
+            out = out.masked_fill((ids == self.padding_idx).unsqueeze(-1), 0.0)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"blocks={self.blocks}, {super().extra_repr()}"
+
+
+class BlockPrependToken(PrependToken):
+    """`PrependToken` in block form: each block's own learned token (K, hidden) in front of its
+    rows' sequences."""
+
+    def __init__(self, prepend: PrependToken, params: Params, blocks: int, rows: Rows) -> None:
+        nn.Module.__init__(self)
+        self.layer, self.token, self.blocks = prepend.layer, params["token"], blocks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        embeds = self.layer(x)
+        rows, length, hidden = embeds.shape
+        token = _with_blocks(self.token, self.blocks).to(embeds.dtype)[:, None, None, :]
+        token = token.expand(self.blocks, rows // self.blocks, 1, hidden).reshape(rows, 1, hidden)
+        return torch.cat([token, embeds], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"blocks={self.blocks}"
+
+
+class Draws(Protocol):
+    def keep_masks(
+        self, x: torch.Tensor, keep: float, sequence_dims: tuple[int, ...] = ()
+    ) -> torch.Tensor: ...
+
+
+class RunDropout(nn.Dropout):
+    """`nn.Dropout` whose masks are each run's own: run r's rows dropped with the mask its lone
+    run draws (`draws.keep_masks`)."""
+
+    def __init__(self, dropout: nn.Dropout, draws: Draws, runs: int) -> None:
+        super().__init__(dropout.p, dropout.inplace)
+        self.draws, self.runs = draws, runs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        sequence = (1,) if x.dim() == 3 else ()  # (rows, sequence, features) or (rows, features)
+        return x * self.draws.keep_masks(x, 1 - self.p, sequence).div_(1 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"runs={self.runs}, {super().extra_repr()}"
+
+
+class FrozenBlocks(nn.Module):
+    """A frozen module whose weights differ per block of runs (random backbones of several
+    seeds): each block's rows through that block's module, as its lone runs compute them."""
+
+    def __init__(self, modules: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList(modules)
+
+    def forward(self, x: torch.Tensor, *args: object) -> torch.Tensor:
+        parts = x.reshape(len(self.parts), -1, *x.shape[1:]).unbind(0)
+        return torch.cat([m(part, *args) for m, part in zip(self.parts, parts, strict=True)])
+
+
+BLOCK_FORMS: dict[type, type[nn.Module]] = {
+    nn.Linear: BlockLinear,
+    Conv1D: BlockConv1D,
+    nn.LayerNorm: BlockLayerNorm,
+    nn.Embedding: BlockEmbedding,
+    PrependToken: BlockPrependToken,
+}
+ALONE_AS_IS = (nn.LayerNorm,)  # their block form computes a block as torch's own forward does
