@@ -229,8 +229,7 @@ def _train(
         wall = time.time() - started
         for spec, key, tracker, result in zip(specs, keys, trackers, results, strict=True):
             payload = _results(spec, params, result, device, wall)
-            payload["test_examples"] = len(data.test)
-            payload.update(config_hash=key, metric=metric)
+            payload.update(config_hash=key, metric=metric, test_examples=len(data.test))
             if launcher is not None:
                 payload["launcher"] = launcher
             tracker.summary(payload)
