@@ -411,9 +411,15 @@ ATTENTION_DROPOUT = ("attn_pdrop", "attention_probs_dropout_prob", "attention_dr
 
 
 def max_runs(
-    model: nn.Module, batch_size: int, seq_len: int, device: torch.device, frozen_shared: bool
+    model: nn.Module,
+    batch_size: int,
+    seq_len: int,
+    device: torch.device,
+    frozen_shared: bool,
+    memory_share: float = 1.0,
 ) -> int:
-    """How many runs of `model` fit in half the free memory of `device`, at most `MAX_RUNS`.
+    """How many runs of `model` fit in half the free memory of `device` (of this process's
+    `memory_share` of it, where workers share the device's memory), at most `MAX_RUNS`.
 
     A run costs its trainable parameters four times (weights, gradients, two Adam moments), its
     frozen parameters once unless `frozen_shared` (pretrained; random ones are counted per run,
@@ -430,7 +436,8 @@ def max_runs(
         heads = config.num_attention_heads
         activations += ATTENTION_FLOATS * batch_size * heads * seq_len**2 * layers
     per_run = 4 * (4 * trainable + (0 if frozen_shared else frozen) + activations)
-    return max(1, min(MAX_RUNS, int(0.5 * _free_memory(device) // per_run)))
+    free = memory_share * _free_memory(device)
+    return max(1, min(MAX_RUNS, int(0.5 * free // per_run)))
 
 
 def _free_memory(device: torch.device) -> int:

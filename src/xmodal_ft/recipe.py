@@ -112,12 +112,16 @@ def deferred() -> Iterator[list[list[RunSpec]]]:
 
 
 def train(
-    specs: Sequence[RunSpec], launcher: str | None = None, max_runs: int | None = None
+    specs: Sequence[RunSpec],
+    launcher: str | None = None,
+    max_runs: int | None = None,
+    memory_share: float = 1.0,
 ) -> list[float]:
     """Train runs of one configuration (they may differ in lr and seed) together, in lockstep;
     return each run's validation metric. Runs whose directory holds complete results of the same
     config are skipped. At most `max_runs` train at once (None: `lockstep.max_runs`, from the
-    model and batch shape); `launcher` is recorded in results.json."""
+    model, the batch shape and this process's `memory_share` of the device's free memory);
+    `launcher` is recorded in results.json."""
     logs.quiet()
     values: dict[int, float] = {}
     todo = []
@@ -138,7 +142,7 @@ def train(
         model = _build_model(cfg, data, device)
         pretrained = bool(cfg.variant.pretrained)
         max_runs = _lockstep().max_runs(
-            model, cfg.batch_size, data.spec.seq_len, device, pretrained
+            model, cfg.batch_size, data.spec.seq_len, device, pretrained, memory_share
         )
         log.info("lockstep: at most %d runs at once (lockstep.max_runs)", max_runs)
         del model

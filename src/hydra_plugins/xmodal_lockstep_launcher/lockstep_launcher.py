@@ -1,5 +1,7 @@
 """`hydra/launcher=lockstep`: set up every job as the basic launcher does, then train the jobs'
-runs that differ only in `lr` and `seed` together, one group after another, in this process.
+runs that differ only in `lr` and `seed` together: one group after another in this process, on
+worker processes pinned to `devices` (GPUs, or CPU core sets), or as SLURM jobs (`slurm`),
+through `xmodal_ft.dispatch`.
 
 Each job first goes through Hydra's `run_job` (run dir, `.hydra/` files, job log, callbacks) with
 `xmodal_ft.recipe.deferred()` active, so `train.py` queues the job's runs instead of training them.
@@ -8,7 +10,7 @@ jobs' return values (the validation metric, the mean over `seeds`) are then fill
 (Optuna) read them as from any launcher. A group that fails marks its jobs failed: a user error
 (`xmodal_ft.errors.UserError`, e.g. a scheme lockstep refuses) is logged as one line, anything else
 with its traceback; the sweeper then re-raises it and `train.py` ends as for any failed job.
-While a group trains, the console shows its records in the job log's format (`LOG_FORMAT`).
+While a group trains, the console shows its records in the job log's format.
 
 Composing a job's config takes Hydra ~0.3 s, and the sweeper composes every job once more to check
 it; a job that differs from an already composed one only in root values (`lr=`, `seed=`) gets a
@@ -19,8 +21,7 @@ config, a test compares them).
 import copy
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -41,13 +42,14 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger(__name__)
-LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's job log format
 
 
 @dataclass
 class LockstepLauncherConf:
     _target_: str = "hydra_plugins.xmodal_lockstep_launcher.lockstep_launcher.LockstepLauncher"
     max_runs: Optional[int] = None  # noqa: UP045 (OmegaConf reads Optional)
+    devices: Any = None  # null, a count, or a list of cuda:<i> / cpu:<cores> (xmodal_ft.placement)
+    slurm: Optional[dict[str, Any]] = None  # noqa: UP045 (submitit's keys: one SLURM job per group)
 
 
 ConfigStore.instance().store(
@@ -56,8 +58,15 @@ ConfigStore.instance().store(
 
 
 class LockstepLauncher(Launcher):
-    def __init__(self, max_runs: int | None = None) -> None:
+    def __init__(
+        self,
+        max_runs: int | None = None,
+        devices: int | str | Sequence[str] | None = None,
+        slurm: dict[str, Any] | None = None,
+    ) -> None:
         self.max_runs = max_runs
+        self.devices = devices
+        self.slurm = slurm
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
@@ -73,8 +82,7 @@ class LockstepLauncher(Launcher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
-        from xmodal_ft import groups, recipe
-        from xmodal_ft.errors import UserError
+        from xmodal_ft import dispatch, groups, placement, recipe
 
         assert self.config is not None and self.hydra_context is not None
         setup_globals()
@@ -102,24 +110,30 @@ class LockstepLauncher(Launcher):
                 )
             queues.append([spec for specs in queue for spec in specs])
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        devices = [] if self.slurm else placement.resolve(self.devices)
         specs = [spec for queue in queues for spec in queue]
         job_of = [job for job, queue in enumerate(queues) for _ in queue]
+        log_of = [_log_file(returns[job]) for job in job_of]
+        lockstep_groups = [
+            dispatch.Group(
+                [specs[i] for i in members], members, [job_of[i] for i in members],
+                [log_of[i] for i in members],
+            )
+            for members in groups.group(specs)
+        ]  # fmt: skip
+        if self.slurm:
+            folder = Path(str(self.config.hydra.sweep.dir)) / ".submitit" / "%j"
+            outcomes = dispatch.on_slurm(lockstep_groups, self.max_runs, dict(self.slurm), folder)
+        elif devices:
+            lockstep_groups = dispatch.split(lockstep_groups, len(devices))
+            labels = ", ".join(device.label for device in devices)
+            log.info(f"{len(lockstep_groups)} groups on {len(devices)} devices ({labels})")
+            outcomes = dispatch.on_devices(lockstep_groups, devices, self.max_runs)
+        else:
+            outcomes = dispatch.here(lockstep_groups, self.max_runs)
         values: list[float | BaseException] = [math.nan] * len(specs)
-        for members in groups.group(specs):
-            jobs = sorted({job_of[i] for i in members})
-            log.info(f"Training jobs {jobs} together")
-            with _job_logs({_log_file(returns[job_of[i]]) for i in members}):
-                try:
-                    trained = recipe.train(
-                        [specs[i] for i in members], launcher="lockstep", max_runs=self.max_runs
-                    )
-                except UserError as err:  # the sweeper re-raises it when it reads the result
-                    log.error(f"jobs {jobs} not trained: {err}")
-                    trained = [err] * len(members)
-                except Exception as err:  # a bug: its traceback belongs in the log
-                    log.exception(f"jobs {jobs} failed")
-                    trained = [err] * len(members)
-            for i, value in zip(members, trained, strict=True):
+        for group, outcome in zip(lockstep_groups, outcomes, strict=True):
+            for i, value in zip(group.index, outcome, strict=True):
                 values[i] = value
         for job, ret in enumerate(returns):
             if ret.status != JobStatus.COMPLETED:
@@ -221,27 +235,3 @@ def _changed_values(
 def _log_file(ret: JobReturn) -> Path:
     hydra = ret.hydra_cfg.hydra
     return Path(hydra.runtime.output_dir) / f"{hydra.job.name}.log"
-
-
-@contextmanager
-def _job_logs(paths: set[Path]) -> Iterator[None]:
-    """Append the group's log records to each member job's log file while it trains, and show
-    them on the console in the same format (Hydra's own lines keep its `[HYDRA]` format)."""
-    root = logging.getLogger()
-    handlers = [logging.FileHandler(path, mode="a") for path in sorted(paths)]
-    formatter = logging.Formatter(LOG_FORMAT)
-    for handler in handlers:
-        handler.setFormatter(formatter)
-        root.addHandler(handler)
-    consoles = [h for h in root.handlers if type(h) is logging.StreamHandler]
-    formats = [h.formatter for h in consoles]
-    for console in consoles:
-        console.setFormatter(formatter)
-    try:
-        yield
-    finally:
-        for console, previous in zip(consoles, formats, strict=True):
-            console.setFormatter(previous)
-        for handler in handlers:
-            root.removeHandler(handler)
-            handler.close()
