@@ -24,11 +24,14 @@ from benchmarks import hardware, report, suite
 from benchmarks.cases import ROOT
 from benchmarks.lockstep import cases as lockstep_cases
 from benchmarks.lockstep import lockstep_sweeps
+from benchmarks.scale_out import scale_out
 from benchmarks.sweep import sweep_overhead
 from xmodal_ft import engine
 
 log = logging.getLogger("benchmarks")
-SECTIONS = ("throughput", "memory", "sweep", "lockstep", "optimisations", "scaling")
+SECTIONS = (
+    "throughput", "memory", "sweep", "lockstep", "scale-out", "optimisations", "scaling"
+)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -47,6 +50,8 @@ def main(argv: list[str] | None = None) -> None:
             out["sweep"] = sweep_overhead(max_steps=20 if args.quick else 100)
         elif section == "lockstep":
             out["lockstep"] = lockstep_sweeps(args.quick, args.cases)
+        elif section == "scale-out":
+            out["scale-out"] = scale_out(args.quick)
         else:
             out[section] = _run_jobs(suite.SECTIONS[section](args.quick))
         out["seconds"] = time.perf_counter() - start

@@ -87,7 +87,9 @@ def lockstep_sweeps(quick: bool, only: set[str] | None = None) -> list[dict[str,
     return rows
 
 
-def _sweep(case: SweepCase, launcher: str, sweep_dir: Path) -> dict[str, Any]:
+def _sweep(
+    case: SweepCase, launcher: str, sweep_dir: Path, extra: tuple[str, ...] = ()
+) -> dict[str, Any]:
     task = (
         ["task=mnist", f"task.data_dir={MNIST_DIR}", "task.n_train=5000", "task.n_test=256"]
         if MNIST_DIR.exists()
@@ -97,7 +99,7 @@ def _sweep(case: SweepCase, launcher: str, sweep_dir: Path) -> dict[str, Any]:
         sys.executable, "train.py", "-m",  # in ROOT, the working directory
         f"lr={','.join(LRS[-case.lrs:])}", "seed=0,1,2", *case.overrides, *task,
         f"max_steps={case.steps}", f"eval_every={case.steps}", "progress=false",
-        f"hydra.sweep.dir={sweep_dir}", f"hydra/launcher={launcher}",
+        f"hydra.sweep.dir={sweep_dir}", f"hydra/launcher={launcher}", *extra,
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     start = time.time()
@@ -114,6 +116,10 @@ def _sweep(case: SweepCase, launcher: str, sweep_dir: Path) -> dict[str, Any]:
         "peak_memory_bytes": int(proc.stdout.strip().splitlines()[-1]),
         "val": {f"{r['config']['lr']},{r['config']['seed']}": r["val/acc"] for r in results},
         "val_seconds": sum(r["val_seconds"] for r in results),
+        "train_seconds": sum(r["train_seconds"] for r in results),
+        "test": {f"{r['config']['lr']},{r['config']['seed']}": r["test/acc"] for r in results},
+        "steps": {f"{r['config']['lr']},{r['config']['seed']}": r["steps"] for r in results},
+        "pids": len({r["pid"] for r in results}),
         "runs": len(results),
     }
 

@@ -62,7 +62,30 @@ def markdown(report: dict[str, Any]) -> str:
                   f"inside run() {s['in_run_overhead_s']:.2f} s).", ""]  # fmt: skip
     if "lockstep" in report:
         lines += _lockstep(report["lockstep"])
+    if "scale-out" in report:
+        lines += _scale_out(report["scale-out"])
     return "\n".join(lines)
+
+
+def _scale_out(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "## Scale-out: one grid sequentially, as one lockstep group, as groups on devices",
+        "",
+        "Same `train.py -m lr=... seed=0,1,2` grid, batch 8; wall time of the whole command. "
+        "`max Δ val` = largest val acc difference to the sequential runs.",
+        "",
+        "| case | runs × steps | layout | wall s | runs/h | speed-up | worker processes |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        for name, run in r["layouts"].items():
+            lines.append(
+                f"| {r['case']} | {r['runs']} × {r['steps']} | {name} "
+                f"| {run['wall_seconds']:.1f} | {r['runs_per_hour'][name]:.0f} "
+                f"| {r['speedup'][name]:.2f}x | {run['pids']} |"
+            )
+        lines.append(f"| | | max Δ val {r['max_val_delta']:.3f} | | | | |")
+    return [*lines, ""]
 
 
 def _lockstep(rows: list[dict[str, Any]]) -> list[str]:
