@@ -15,11 +15,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import warnings
 from datetime import datetime, timedelta
 from typing import Any
 
 import optuna
-from optuna.exceptions import StorageInternalError
+from optuna.exceptions import ExperimentalWarning, StorageInternalError
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 from sqlalchemy import DateTime, Integer, bindparam, func, select, text
@@ -117,17 +118,22 @@ class SharedStudy:
     def retry_stale(self) -> list[int]:
         """Fail the stale trials of other workers and create their retries (same parameters,
         RUNNING, held here): the ids of the trials to run."""
-        retried = []
-        for trial_id in self._stale():
-            with self.storage.engine.begin() as conn:
-                if conn.execute(_FAIL, {"trial": trial_id, "now": datetime.now()}).rowcount != 1:
-                    continue  # another worker failed it first, or it has just finished
-            failed = self.storage.get_trial(trial_id)
-            first = failed.system_attrs.get(_budget.RETRY_OF, failed.number)
-            tried = _budget.retries(self.study.get_trials(deepcopy=False), first)
-            if self.max_retry is not None and tried >= self.max_retry:
-                log.warning(f"trial {failed.number}: worker lost, retried {tried} times: not again")
-                continue
+        return [retry for trial_id in self._stale() if (retry := self._retry(trial_id))]
+
+    def _retry(self, trial_id: int) -> int | None:
+        """Fail RUNNING trial `trial_id` and create its retry, unless another worker failed it
+        first (or it has just finished) or it was retried `max_retry` times."""
+        with self.storage.engine.begin() as conn:
+            if conn.execute(_FAIL, {"trial": trial_id, "now": datetime.now()}).rowcount != 1:
+                return None
+        failed = self.storage.get_trial(trial_id)
+        first = failed.system_attrs.get(_budget.RETRY_OF, failed.number)
+        tried = _budget.retries(self.study.get_trials(deepcopy=False), first)
+        if self.max_retry is not None and tried >= self.max_retry:
+            log.warning(f"trial {failed.number}: worker lost, retried {tried} times: not again")
+            return None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)  # create_trial, stable since 2.0
             retry = optuna.trial.create_trial(
                 state=TrialState.RUNNING,
                 params=failed.params,
@@ -135,15 +141,14 @@ class SharedStudy:
                 user_attrs=failed.user_attrs,
                 system_attrs={**failed.system_attrs, _budget.RETRY_OF: first},
             )
-            retry_id = self.storage.create_new_trial(self.study_id, template_trial=retry)
-            self.hold(retry_id)
-            retried.append(retry_id)
-            log.warning(
-                f"trial {failed.number}: no heartbeat for {self.grace_period} s (its worker died):"
-                f" failed, retried as trial {self.storage.get_trial_number_from_id(retry_id)}"
-                f" with the same parameters {failed.params}"
-            )
-        return retried
+        retry_id = self.storage.create_new_trial(self.study_id, template_trial=retry)
+        self.hold(retry_id)
+        log.warning(
+            f"trial {failed.number}: no heartbeat for {self.grace_period} s (its worker died):"
+            f" failed, retried as trial {self.storage.get_trial_number_from_id(retry_id)}"
+            f" with the same parameters {failed.params}"
+        )
+        return retry_id
 
     def _stale(self) -> list[int]:
         """RUNNING trials not held here whose last heartbeat (or, with none, whose start) is more
