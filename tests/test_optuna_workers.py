@@ -14,7 +14,6 @@ from pathlib import Path
 import optuna
 import pytest
 from hydra import compose, initialize_config_dir
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from optuna.distributions import LogUniformDistribution
 from optuna.trial import TrialState, create_trial
@@ -173,10 +172,9 @@ def test_sweep_optuna_uses_the_shared_study_sweeper_with_documented_defaults() -
     ],
 )
 def test_bad_sweeper_keys_are_refused_naming_the_key(override, names) -> None:
-    overrides = [override, "hydra.sweeper.heartbeat_interval=60"]
-    with pytest.raises(InstantiationException, match=names) as raised:  # Hydra wraps it
-        instantiate(sweeper_config(*overrides))
-    assert isinstance(raised.value.__cause__, UserError)
+    made = instantiate(sweeper_config(override, "hydra.sweeper.heartbeat_interval=60"))
+    with pytest.raises(UserError, match=names):
+        made.setup(hydra_context=None, task_function=None, config=None)  # checked before use
 
 
 SHARED = [
@@ -191,7 +189,6 @@ def study_trials(db: Path) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name="xmodal_ft", storage=f"sqlite:///{db}").trials
 
 
-@pytest.mark.slow
 def test_two_workers_complete_n_trials_in_all_each_run_once(tmp_path) -> None:
     db, n_trials = tmp_path / "study.db", 6
     args = [*SHARED, f"hydra.sweeper.storage=sqlite:///{db}", f"hydra.sweeper.n_trials={n_trials}"]

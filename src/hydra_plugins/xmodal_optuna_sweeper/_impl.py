@@ -20,6 +20,7 @@ from hydra_plugins.hydra_optuna_sweeper._impl import (
 from omegaconf import OmegaConf
 from optuna.distributions import BaseDistribution
 from optuna.trial import Trial, TrialState
+from sqlalchemy.engine import make_url
 
 from xmodal_ft.atomic import atomic_path
 from xmodal_ft.errors import UserError
@@ -42,21 +43,27 @@ class SharedStudySweeper(OptunaSweeperImpl):
         **optuna_keys: Any,
     ) -> None:
         super().__init__(**optuna_keys)
-        storage = self.storage
-        if storage is not None and not str(storage).startswith(RDB_SCHEMES):
-            raise UserError(
-                f"hydra.sweeper.storage={storage}: a database URL shares the study"
-                " (sqlite:///path/study.db, postgresql://user:pass@host/db, mysql://...), or null"
-            )
-        if not 0 < heartbeat_interval < grace_period:
-            raise UserError(
-                f"hydra.sweeper.heartbeat_interval={heartbeat_interval},"
-                f" grace_period={grace_period}: need 0 < heartbeat_interval < grace_period (s)"
-            )
-        if max_retry is not None and max_retry < 0:
-            raise UserError(f"hydra.sweeper.max_retry={max_retry}: a count >= 0, or null (no cap)")
         self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
         self.max_retry, self.wait_for_others = max_retry, wait_for_others
+
+    def setup(self, **context: Any) -> None:
+        """Check the keys (here, not in `__init__`, so that a mistake reaches the user as one
+        line instead of wrapped in Hydra's InstantiationException), then as hydra-optuna-sweeper."""
+        if self.storage is not None and not str(self.storage).startswith(RDB_SCHEMES):
+            raise UserError(
+                f"hydra.sweeper.storage={self.storage}: a database URL shares the study"
+                " (sqlite:///path/study.db, postgresql://user:pass@host/db, mysql://...), or null"
+            )
+        if not 0 < self.heartbeat_interval < self.grace_period:
+            raise UserError(
+                f"hydra.sweeper.heartbeat_interval={self.heartbeat_interval},"
+                f" grace_period={self.grace_period}: need 0 < heartbeat_interval < grace_period (s)"
+            )
+        if self.max_retry is not None and self.max_retry < 0:
+            raise UserError(
+                f"hydra.sweeper.max_retry={self.max_retry}: a count >= 0, or null (no cap)"
+            )
+        super().setup(**context)
 
     def sweep(self, arguments: list[str]) -> None:
         assert self.config is not None and self.launcher is not None
@@ -80,9 +87,12 @@ class SharedStudySweeper(OptunaSweeperImpl):
                 grace_period=self.grace_period,
                 max_retry=self.max_retry,
             )
-        log.info(f"Study {study.study_name} in {self.storage}: {self.n_trials} trials in all")
+        where = make_url(str(self.storage)).render_as_string() if self.storage else "memory"
+        log.info(f"Study {study.study_name} in {where}: {self.n_trials} trials in all")
         with shared or nullcontext():
             self._fill(study, shared, space, fixed, len(directions))
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        log.info(f"Study {study.study_name}: {len(done)} trials complete")
         self._write_results(study, len(directions))
 
     def _search_space(self, arguments: list[str]) -> tuple[dict[str, BaseDistribution], dict]:
@@ -111,7 +121,7 @@ class SharedStudySweeper(OptunaSweeperImpl):
         """Run batches of up to `n_jobs` trials (retries of dead workers' trials first, then fresh
         ones) until the budget is used; then, with `wait_for_others`, wait for the other workers'
         running trials, retrying those whose worker dies."""
-        pending = []
+        pending, waiting = [], False
         while True:
             if shared is not None:
                 pending += [Trial(study, trial_id) for trial_id in shared.retry_stale()]
@@ -121,6 +131,9 @@ class SharedStudySweeper(OptunaSweeperImpl):
             if batch:
                 self._run(study, shared, batch, space, fixed, n_values)
             elif shared is not None and self.wait_for_others and shared.others_running():
+                if not waiting:
+                    log.info("No trial left to ask: waiting for the other workers' running trials")
+                waiting = True
                 time.sleep(self.heartbeat_interval)
             else:
                 return
