@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import logging
 import shutil
 from pathlib import Path
 
 import pytest
 
-from conftest import make_cfg
-from xmodal_ft import engine, groups, pruning, recipe
+from conftest import fake_run, make_cfg
+from xmodal_ft import engine, groups, pruning, recipe, report
 from xmodal_ft.errors import UserError
 from xmodal_ft.pruning import Finished, GroupPruner, Halving, Median
 from xmodal_ft.recipe import RunSpec
+from xmodal_ft.record import write_results
 
 # ---- the rules -------------------------------------------------------------------------------
 
@@ -173,3 +176,41 @@ def test_a_lone_run_with_a_pruner_is_not_pruned(tmp_path, caplog) -> None:
     recipe.train([spec])
     assert "pruned" not in results(spec) and results(spec)["steps"] == 20
     assert "a lone run is not pruned" in caplog.text
+
+
+# ---- the report ------------------------------------------------------------------------------
+
+
+def pruned_run(root: Path, lr: float, seed: int, val: float, test: float, at: int) -> None:
+    run_dir = fake_run(root, lr, seed, val, test)
+    payload = json.loads((run_dir / "results.json").read_text())
+    write_results(run_dir, {**payload, "pruned": True, "pruned_at": at})
+
+
+def test_the_report_chooses_among_unpruned_lrs_and_says_which_it_left_out(tmp_path, caplog) -> None:
+    """LR 1e-2 has the best mean validation metric but was pruned (as no real pruner would
+    leave it, which is the point: the report never picks it, and says it left it out)."""
+    for seed in (0, 1):
+        fake_run(tmp_path, 1e-4, seed, 0.5, 0.4)
+        fake_run(tmp_path, 1e-3, seed, 0.6, 0.55)
+        pruned_run(tmp_path, 1e-2, seed, 0.9, 0.9, at=100)
+    [sel] = report.aggregate(report.load_runs([tmp_path])[0])
+    assert sel.best.lr == 1e-3 and sel.excluded == {1e-2: (100,)}
+    assert [p.pruned for p in sel.per_lr] == [False, False, True]
+    caplog.set_level(logging.INFO)
+    report.main([str(tmp_path)])
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| mnist | 55.0 ± 0.0 (lr 1e-03) † |" in md
+    assert "## Pruned runs" in md and "- mnist / gpt2 / fpt / fixed: lr 1e-02 (step 100)" in md
+    rows = list(csv.DictReader((tmp_path / "report" / "results_per_lr.csv").open()))
+    assert [(r["lr"], r["chosen"], r["pruned"]) for r in rows] == [
+        ("0.0001", "0", "0"), ("0.001", "1", "0"), ("0.01", "0", "1"),
+    ]  # fmt: skip
+    assert "pruned lr 1e-02 left out of the choice" in caplog.text
+
+
+def test_a_report_without_pruned_runs_has_no_mark(tmp_path) -> None:
+    fake_run(tmp_path, 1e-3, 0, 0.6, 0.55)
+    report.main([str(tmp_path)])
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "†" not in md and "Pruned" not in md
