@@ -121,13 +121,13 @@ def train(
     model and batch shape); `launcher` is recorded in results.json."""
     logs.quiet()
     values: dict[int, float] = {}
-    todo, finished = [], []
+    todo, earlier = [], []  # earlier: the finished runs, for a pruner
     for i, spec in enumerate(specs):
         done = record.read_results(spec.run_dir)
         if done is not None and done.get("config_hash") == record.config_hash(_plain(spec.cfg)):
             log.info("%s holds complete results of this config: skipped", spec.run_dir)
             values[i] = done[f"val/{done['metric']}"]
-            finished.append(pruning.Finished(spec.cfg.lr, done["history"], done.get("pruned_at")))
+            earlier.append(pruning.Finished(spec.cfg.lr, done["history"], done.get("pruned_at")))
         else:
             todo.append(i)
     if not todo:
@@ -146,7 +146,7 @@ def train(
         del model
     for chunk in _chunks(todo, max_runs or 1):
         chunk_specs = [specs[i] for i in chunk]
-        trained = _train(chunk_specs, data, device, launcher, finished)
+        trained = _train(chunk_specs, data, device, launcher, earlier)
         values.update(zip(chunk, trained, strict=True))
     return [values[i] for i in range(len(specs))]
 
