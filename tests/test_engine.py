@@ -232,7 +232,7 @@ def test_a_stopped_runs_validation_time_stops_growing(monkeypatch) -> None:
 
     def scores(model, runs, split, names, cfg, desc) -> list[dict[str, float]]:
         scores.calls += 1  # run 0 improves every pass, run 1 never after step 2
-        return [{"acc": scores.calls / 100}, {"acc": 0.5}]
+        return [{"acc": scores.calls / 100}, {"acc": 0.5}][:runs]  # run 1 left: runs = 1
 
     scores.calls = 0
     monkeypatch.setattr(engine, "evaluate_runs", scores)

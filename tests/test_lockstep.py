@@ -412,9 +412,12 @@ def test_max_runs_counts_the_attention_probabilities_attention_dropout_keeps(mon
 # ---- the stacked optimizer step and clipping --------------------------------------------------
 
 
-def stepped(kind: str, stacked: bool, runs: int = 3, steps: int = 3) -> list[dict]:
+def stepped(
+    kind: str, stacked: bool, runs: int = 3, steps: int = 3, leaving: tuple[int, ...] = (1,)
+) -> list[dict]:
     """Parameters and optimizer state of `runs` runs (lr 1e-2 · (r + 1)) after `steps` clipped
-    steps on random gradients (the same for both layouts); run 1 stops after the first step."""
+    steps on random gradients (the same for both layouts); runs `leaving` stop after the first
+    step (they leave the stack: `keep`)."""
     models, optimizers = [], []
     for r in range(runs):
         model = tiny_model()
@@ -437,25 +440,29 @@ def stepped(kind: str, stacked: bool, runs: int = 3, steps: int = 3) -> list[dic
     else:
         layouts = [lockstep.Single(m) for m in models]
     g = torch.Generator().manual_seed(0)
+    live = list(range(runs))
     for step in range(steps):
-        active = [True, step == 0, *[True] * (runs - 2)]
         grads = [[torch.randn(p.shape, generator=g) * 3 for p in m.parameters()] for m in models]
         if stacked:
             for j, param in enumerate(layouts[0].model.parameters()):
-                param.grad = torch.stack([run[j] for run in grads])
+                param.grad = torch.stack([grads[r][j] for r in live]).view(param.shape)
         else:
-            for model, run in zip(models, grads, strict=True):
-                for param, grad in zip(model.parameters(), run, strict=True):
+            for r in live:
+                for param, grad in zip(models[r].parameters(), grads[r], strict=True):
                     param.grad = grad
         for layout in layouts:
             layout.clip(1.0)
         if stacked:
-            layouts[0].step(optimizers, active)
+            layouts[0].step([optimizers[r] for r in live])
         else:
-            for layout, opt, on in zip(layouts, optimizers, active, strict=True):
-                layout.step([opt], [on])
+            for r in live:
+                layouts[r].step([optimizers[r]])
         for layout in layouts:
             layout.zero_grad()
+        if step == 0:
+            if stacked:
+                layouts = [layouts[0].keep([r for r in live if r not in leaving])]
+            live = [r for r in live if r not in leaving]
     out = []
     for model, opt in zip(models, optimizers, strict=True):
         state = {f"param {n}": p.detach().clone() for n, p in model.named_parameters()}
@@ -472,7 +479,8 @@ def stepped(kind: str, stacked: bool, runs: int = 3, steps: int = 3) -> list[dic
 def test_stacked_optimizer_step_is_each_runs_own_step_bit_for_bit(kind: str, threads: int) -> None:
     """The stacked step (fused kernels called on each run's tensors, all step counters in one
     op; an unfused optimizer takes its own step) and per-run clipping equal each run's
-    `clip_grad_norm_` + `optimizer.step()` exactly; a stopped run (run 1) does not update."""
+    `clip_grad_norm_` + `optimizer.step()` exactly; a run that left the stack (run 1) does not
+    update, and the others go on exactly in the stack rebuilt without it."""
     torch.set_num_threads(threads)
     alone, together = stepped(kind, stacked=False), stepped(kind, stacked=True)
     for one, many in zip(alone, together, strict=True):
@@ -481,6 +489,16 @@ def test_stacked_optimizer_step_is_each_runs_own_step_bit_for_bit(kind: str, thr
             assert torch.equal(one[key], many[key]), key
     if kind.startswith("adam"):
         assert [s["step 0"].item() for s in together] == [3.0, 1.0, 3.0]
+
+
+@pytest.mark.parametrize("kind", ["adam", "nesterov"])
+def test_the_last_run_left_in_a_stack_steps_alone_exactly(kind: str) -> None:
+    """Runs 1 and 2 leave after the first step: run 0 goes on as a `Single` layout, exactly."""
+    alone = stepped(kind, stacked=False, leaving=(1, 2))
+    together = stepped(kind, stacked=True, leaving=(1, 2))
+    for one, many in zip(alone, together, strict=True):
+        for key in one:
+            assert torch.equal(one[key], many[key]), key
 
 
 @pytest.mark.parametrize("kind", ["adam", "nesterov"])

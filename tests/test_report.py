@@ -328,7 +328,7 @@ def test_per_lr_csv_has_every_lr_of_every_group_with_mean_sem_and_seeds(tmp_path
     rows = list(csv.DictReader((tmp_path / "report" / "results_per_lr.csv").open()))
     assert list(rows[0]) == [
         "task", "model", "variant", "scheme", "metric", "lr", "n_seeds", "seeds", "val_mean",
-        "val_sem", "test_mean", "test_sem", "steps_mean", "steps_sem", "chosen",
+        "val_sem", "test_mean", "test_sem", "steps_mean", "steps_sem", "chosen", "pruned",
     ]  # fmt: skip
     assert [(r["variant"], r["lr"], r["n_seeds"], r["seeds"], r["chosen"]) for r in rows] == [
         ("fpt", "0.0001", "2", "0 1", "0"),

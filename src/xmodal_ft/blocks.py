@@ -79,8 +79,15 @@ def _keep_hooks(module: nn.Module, new: nn.Module) -> None:
 
 
 def block_form(module: nn.Module, params: Params, blocks: int, rows: Rows) -> nn.Module:
-    """`module` in block form with `blocks` blocks and parameters `params` (by name)."""
-    return BLOCK_FORMS[type(module)](module, params, blocks, rows)
+    """`module` in block form with `blocks` blocks and parameters `params` (by name); `module`
+    may be in block form already (a lone run's, stacked again when runs leave a stack)."""
+    kind = type(module)
+    return (kind if kind in FORMS else BLOCK_FORMS[kind])(module, params, blocks, rows)
+
+
+def has_block_form(module: nn.Module) -> bool:
+    """Whether `module` has a block form (or is one)."""
+    return type(module) in BLOCK_FORMS or type(module) in FORMS
 
 
 def _with_blocks(tensor: torch.Tensor | None, blocks: int) -> torch.Tensor | None:
@@ -256,4 +263,5 @@ BLOCK_FORMS: dict[type, type[nn.Module]] = {
     nn.Embedding: BlockEmbedding,
     PrependToken: BlockPrependToken,
 }
+FORMS = frozenset(BLOCK_FORMS.values())
 ALONE_AS_IS = (nn.LayerNorm,)  # their block form computes a block as torch's own forward does

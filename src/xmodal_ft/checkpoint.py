@@ -43,7 +43,7 @@ class LoopState:
     best_step: int = 0
     evals_since_best: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
-    stopped_at: int | None = None  # the step a run stopped early at (lockstep runs go on)
+    stopped_at: int | None = None  # the step a run stopped early at
     seconds: float = 0.0  # training time so far (until it stopped)
     val_seconds: float = 0.0  # of which validation passes
     best_weights: dict[str, torch.Tensor] = field(default_factory=dict)  # at best_step

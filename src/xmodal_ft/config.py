@@ -41,6 +41,7 @@ class Config:
     variant: Any = MISSING
     scheme: Any = MISSING
     logger: Any = MISSING
+    pruner: Any = None  # null: every run trains its whole budget (the papers' protocol)
     lr: float = MISSING
     seed: int = MISSING
     batch_size: int = MISSING
@@ -140,6 +141,23 @@ class WandbLoggerConfig(LoggerConfig):
 
 
 @dataclass
+class HalvingConfig:
+    """Successive halving of a lockstep group's LRs (pruning.Halving)."""
+
+    name: str = "halving"
+    eta: int = 3  # each rung keeps the best ⌈n/eta⌉ of the n LRs left
+    first_rung: int = 1  # validation passes after step 0's to the first rung; then ×eta each
+
+
+@dataclass
+class MedianConfig:
+    """Median stopping of a lockstep group's LRs (pruning.Median)."""
+
+    name: str = "median"
+    warmup: int = 2  # validation passes after step 0's before any LR is stopped
+
+
+@dataclass
 class TaskConfig:
     """What every task option has; the other keys are its builder's keyword parameters."""
 
@@ -227,6 +245,8 @@ def register() -> None:
     store.store(group="schema/scheme", name="nesterov", node=NesterovConfig)
     store.store(group="schema/logger", name="local", node=LoggerConfig)
     store.store(group="schema/logger", name="wandb", node=WandbLoggerConfig)
+    store.store(group="schema/pruner", name="halving", node=HalvingConfig)
+    store.store(group="schema/pruner", name="median", node=MedianConfig)
     for name, builder in task_builders().items():
         store.store(group="schema/task", name=name, node=task_schema(builder))
     _registered = True

@@ -24,6 +24,7 @@ from xmodal_ft.tasks.base import Split, TaskData, subsample
 
 if TYPE_CHECKING:  # a group of runs needs lockstep (and a newer transformers); one run does not
     from xmodal_ft.lockstep import Layout
+    from xmodal_ft.pruning import GroupPruner
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class FitResult:
     train_seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
     val_seconds: float = 0.0  # spent in validation passes (shared by lockstep runs)
+    pruned_at: int | None = None  # the step a pruner stopped the run at (pruning.GroupPruner)
 
 
 def _constant(step: int) -> float:
@@ -132,22 +134,26 @@ def fit_runs(
     cfgs: Sequence[FitConfig],
     trackers: Sequence[Tracker | None],
     checkpoint_paths: Sequence[Path | None],
+    pruner: GroupPruner | None = None,
+    finished: Callable[[int, FitResult], None] | None = None,
 ) -> list[FitResult]:
     """Train the R runs of `layout` together, each exactly as `fit` trains it alone.
 
     Runs share the loop settings and differ in seed (data order) and plan (LR, optimizer state);
-    each has its own clipping, validation, early stopping (a stopped run stops updating), best
-    weights, checkpoint and tracker. All runs of a layout resume from the same step. Each run's
-    loop variables live in its `LoopState`, which its checkpoint holds as is.
+    each has its own clipping, validation, early stopping, best weights, checkpoint and tracker.
+    A run that stops (early stopping, or `pruner` stopping its LR after a validation pass) is
+    tested with its best weights and leaves the stack (`layout.keep`): the steps after compute
+    only the runs still training. `finished(r, result)` gets each run's result as soon as it is
+    known. All runs of a layout resume from the same step. Each run's loop variables live in
+    its `LoopState`, which its checkpoint holds as is.
     """
     cfg = _shared(cfgs)
-    runs, model = layout.runs, layout.model
-    loss_fn = _loss_of(plans)
-    device = next(model.parameters()).device
     metric = data.spec.metrics[0]
     val = subsample(data.val, cfg.val_subset, seed=0)
     optimizers = [plan.optimizer for plan in plans]
     base_lrs = [[group["lr"] for group in opt.param_groups] for opt in optimizers]
+    loss_fn = _loss_of(plans)
+    given, device = layout, next(layout.model.parameters()).device
     states = []
     for r, (path, plan) in enumerate(zip(checkpoint_paths, plans, strict=True)):
         with layout.own_rng(r):
@@ -155,102 +161,142 @@ def fit_runs(
     first_step = states[0].step
     if any(state.step != first_step for state in states):
         raise ValueError("lockstep runs must resume from the same step; train them apart")
-    loss_sums = torch.tensor([float(s.loss_sum) for s in states], device=device)
-    for state, loss_sum in zip(states, loss_sums, strict=True):
-        state.loss_sum = loss_sum  # one add per step sums every run's loss
-    active = [state.stopped_at is None for state in states]  # False once a run stopped early
-    batches = [_shuffled_batches(data.train, cfg.batch_size, c.seed, first_step) for c in cfgs]
+    live = list(range(len(states)))  # the runs in the layout, in its order
+    results: dict[int, FitResult] = {}
     start = time.perf_counter()
     seconds = [state.seconds for state in states]  # before this call (a resumed run)
 
     def clock(r: int) -> float:
         return seconds[r] + time.perf_counter() - start
 
+    def leave(gone: list[int]) -> Layout:
+        """Test the runs `gone` with their best weights and take them out of the layout."""
+        for r in gone:
+            i = live.index(r)
+            states[r].seconds = clock(r)
+            _restore(layout.models[i], states[r].best_weights)
+            test = evaluate_runs(layout.models[i], 1, data.test, data.spec.metrics, cfg, "test")[0]
+            results[r] = _result(states[r], test, metric, pruned_at.get(r), len(states) > 1, r)
+            if finished is not None:
+                finished(r, results[r])
+        kept = [i for i, r in enumerate(live) if r not in gone]
+        live[:] = [live[i] for i in kept]
+        if not kept:
+            return layout
+        smaller = layout.keep(kept)
+        smaller.model.train()
+        return smaller
+
+    pruned_at = {} if pruner is None else pruner.pruned_at
+    gone = [r for r, state in enumerate(states) if state.stopped_at is not None]
+    if gone:
+        layout = leave(gone)
+    loss_sums = torch.tensor([float(states[r].loss_sum) for r in live], device=device)
+    batches = {
+        r: _shuffled_batches(data.train, cfg.batch_size, cfgs[r].seed, first_step) for r in live
+    }
+    layout.model.train()
     bar = tqdm(
         total=cfg.max_steps,
         initial=first_step,
         disable=not cfg.progress,
-        desc="train" if runs == 1 else f"train {runs} runs",
+        desc="train" if len(states) == 1 else f"train {len(states)} runs",
         dynamic_ncols=True,
     )
-    model.train()
     for step in range(first_step, cfg.max_steps + 1):
-        for state in states:
-            state.step = step
+        for i, r in enumerate(live):
+            states[r].step = step
+            states[r].loss_sum = loss_sums[i]  # one add per step sums every run's loss
         if _checkpoint_due(step, first_step, cfg):
-            for r, (path, state) in enumerate(zip(checkpoint_paths, states, strict=True)):
-                if path is not None:
-                    if active[r]:
-                        state.seconds = clock(r)
-                    with layout.own_rng(r):
-                        checkpoint.save(path, state, layout.models[r], optimizers[r])
+            for i, r in enumerate(live):
+                if checkpoint_paths[r] is not None:
+                    states[r].seconds = clock(r)
+                    with layout.own_rng(i):
+                        checkpoint.save(
+                            checkpoint_paths[r], states[r], layout.models[i], optimizers[r]
+                        )
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
             val_start = time.perf_counter()
             scores = _validation_scores(layout, step, val, data.spec.metrics, cfg)
             val_seconds = time.perf_counter() - val_start
-            for r, (state, score) in enumerate(zip(states, scores, strict=True)):
-                if active[r]:  # a stopped run's clock stopped with it
-                    state.val_seconds += val_seconds
-                    _validated(state, score, metric, cfg, trackers[r], layout.models[r], plans[r])
-                    if state.stopped_at is not None:
-                        active[r], state.seconds = False, clock(r)
-            best = max(state.best_val[metric] for state in states)
+            for i, (r, score) in enumerate(zip(live, scores, strict=True)):
+                states[r].val_seconds += val_seconds
+                _validated(states[r], score, metric, cfg, trackers[r], layout.models[i], plans[r])
+            training = {r for r in live if states[r].stopped_at is None}
+            if pruner is not None and training and step < cfg.max_steps:
+                pruner.prune(step, [state.history for state in states], training)
+            best = max(states[r].best_val[metric] for r in live)
             bar.set_postfix({f"best_val_{metric}": f"{best:.3f}"}, refresh=False)
-            if not any(active):
-                break
-        if step == cfg.max_steps:
+            gone = [r for r in live if states[r].stopped_at is not None or r in pruned_at]
+            if gone and step < cfg.max_steps:
+                kept = [i for i, r in enumerate(live) if r not in gone]
+                layout = leave(gone)
+                loss_sums = loss_sums[kept]
+        if step == cfg.max_steps or not live:
             break
-        drawn = [next(b) for b in batches]
-        if drawn[0][0] != states[0].epoch:
-            for state, plan in zip(states, plans, strict=True):
-                state.epoch = drawn[0][0]
-                enter_epoch(plan, state.epoch)
-        scales = [plan.lr_scale(step) for plan in plans]
-        for optimizer, lrs, scale in zip(optimizers, base_lrs, scales, strict=True):
-            for group, base_lr in zip(optimizer.param_groups, lrs, strict=True):
+        drawn = [next(batches[r]) for r in live]
+        if drawn[0][0] != states[live[0]].epoch:
+            for r in live:
+                states[r].epoch = drawn[0][0]
+                enter_epoch(plans[r], states[r].epoch)
+        scales = [plans[r].lr_scale(step) for r in live]
+        for r, scale in zip(live, scales, strict=True):
+            for group, base_lr in zip(optimizers[r].param_groups, base_lrs[r], strict=True):
                 group["lr"] = base_lr * scale
         x, lengths, y = _runs_batch(data.train, [idx for _, idx in drawn], device)
         with autocast(device):
-            logits = model(x, lengths)
-            losses = loss_fn(logits, y).view(runs, -1).mean(dim=1)
+            logits = layout.model(x, lengths)
+            losses = loss_fn(logits, y).view(len(live), -1).mean(dim=1)
         losses.sum().backward()
         if cfg.grad_clip is not None:
             layout.clip(cfg.grad_clip)
-        layout.step(optimizers, active)
+        layout.step([optimizers[r] for r in live])
         layout.zero_grad()
         loss_sums += losses.detach()
-        for state in states:
-            state.loss_count += 1
+        for r in live:
+            states[r].loss_count += 1
         bar.update()
         if (step + 1) % cfg.log_every == 0:
-            train_losses = (loss_sums / states[0].loss_count).tolist()
-            for r in _indices(active):
-                lr = base_lrs[r][0] * scales[r]
-                values = {"step": step + 1, "train/loss": train_losses[r], "lr": lr}
+            train_losses = (loss_sums / states[live[0]].loss_count).tolist()
+            for r, loss, scale in zip(live, train_losses, scales, strict=True):
+                values = {"step": step + 1, "train/loss": loss, "lr": base_lrs[r][0] * scale}
                 _log(trackers[r], values, step + 1)
             bar.set_postfix({"loss": f"{min(train_losses):.3f}"}, refresh=False)
             loss_sums.zero_()
-            for state in states:
-                state.loss_count = 0
+            for r in live:
+                states[r].loss_count = 0
     bar.close()
-    for r in _indices(active):
-        states[r].seconds = clock(r)
-    for state, run_model in zip(states, layout.models, strict=True):
-        _restore(run_model, state.best_weights)
-    tests = evaluate_runs(model, runs, data.test, data.spec.metrics, cfg, "test")
-    results = []
-    for r, (state, test) in enumerate(zip(states, tests, strict=True)):
-        log.info(
-            "%sbest val %s=%.4f at step %d; test %s=%.4f",
-            f"run {r}: " if runs > 1 else "",
-            metric, state.best_val[metric], state.best_step, metric, test[metric],
-        )  # fmt: skip
-        steps = state.stopped_at if state.stopped_at is not None else state.step
-        results.append(
-            FitResult(state.best_val, state.best_step, test, steps, state.stopped_at is not None,
-                      state.seconds, state.history, state.val_seconds)
-        )  # fmt: skip
-    return results
+    if live:
+        for r in live:
+            states[r].seconds = clock(r)
+        for i, r in enumerate(live):
+            _restore(layout.models[i], states[r].best_weights)
+        tests = evaluate_runs(layout.model, len(live), data.test, data.spec.metrics, cfg, "test")
+        for r, test in zip(live, tests, strict=True):
+            results[r] = _result(states[r], test, metric, pruned_at.get(r), len(states) > 1, r)
+            if finished is not None:
+                finished(r, results[r])
+    if layout is not given:  # the caller closes its own
+        layout.close()
+    return [results[r] for r in range(len(states))]
+
+
+def _result(
+    state: LoopState,
+    test: dict[str, float],
+    metric: str,
+    pruned_at: int | None,
+    group: bool,
+    r: int,
+) -> FitResult:
+    log.info(
+        "%sbest val %s=%.4f at step %d; test %s=%.4f%s",
+        f"run {r}: " if group else "", metric, state.best_val[metric], state.best_step, metric,
+        test[metric], "" if pruned_at is None else f" (pruned at step {pruned_at})",
+    )  # fmt: skip
+    steps = state.stopped_at if state.stopped_at is not None else state.step
+    return FitResult(state.best_val, state.best_step, test, steps, state.stopped_at is not None,
+                     state.seconds, state.history, state.val_seconds, pruned_at)  # fmt: skip
 
 
 def _validation_scores(

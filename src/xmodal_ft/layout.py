@@ -37,9 +37,12 @@ class Single:
         params = [p for p in self.model.parameters() if p.requires_grad]
         nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
 
-    def step(self, optimizers: Sequence[torch.optim.Optimizer], active: Sequence[bool]) -> None:
-        if active[0]:
-            optimizers[0].step()
+    def step(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+        optimizers[0].step()
+
+    def keep(self, runs: Sequence[int]) -> Single:
+        """The run itself (a lone run never leaves a stack)."""
+        return self
 
     def zero_grad(self) -> None:
         self.model.zero_grad(set_to_none=True)

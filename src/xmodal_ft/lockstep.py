@@ -65,7 +65,6 @@ class Stacked:
         self._clip_order: list[int] = []
         self._fused: list[FusedStep | None] | None = None  # built at the first step
         self._counts = torch.zeros(0)  # Adam's step counters, (runs, parameters)
-        self._active: tuple[bool, ...] = ()
         self._advance = torch.zeros(0)
         _refuse_random_draws(models[0])
         self.model = _carrier(models[0])
@@ -90,7 +89,7 @@ class Stacked:
         values = [[getattr(rm[name], n) for rm in self._run_modules] for n in names]
         count = _blocks(values)
         trainable = trains(module)
-        if trainable and type(module) not in blocks.BLOCK_FORMS:
+        if trainable and not blocks.has_block_form(module):
             raise LockstepError(
                 f"lockstep cannot stack {type(module).__name__} ({name}): {DEFAULT_LAUNCHER}"
             )
@@ -210,8 +209,8 @@ class Stacked:
             grad.mul_(coef.view(-1, *[1] * (grad.dim() - 1)))
 
     @torch.no_grad()
-    def step(self, optimizers: Sequence[torch.optim.Optimizer], active: Sequence[bool]) -> None:
-        """One optimizer step of each active run; a stopped run does not update.
+    def step(self, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+        """One optimizer step of each run (a run that stops leaves the stack: `keep`).
 
         Runs with fused Adam or SGD call torch's fused kernel directly on their own tensors
         (`FusedStep`: bit for bit their `optimizer.step()`, without its per-call Python work);
@@ -225,17 +224,12 @@ class Stacked:
                 FusedStep.of(opt, steps, self._slot)
                 for opt, steps in zip(optimizers, self._counts, strict=True)
             ]
-        if self._active != tuple(active):
-            self._active = tuple(active)
-            adam = [bool(a and f and f.adam) for a, f in zip(active, self._fused, strict=True)]
+            adam = [bool(f and f.adam) for f in self._fused]
             self._advance = torch.tensor(adam, dtype=torch.float32, device=self._counts.device)
             self._advance = self._advance.unsqueeze(1)
         self._counts.add_(self._advance)
         by_run = list(zip(*(g.unbind(0) for g in self.grads()), strict=True))  # [run][slot]
-        for r, (optimizer, fused) in enumerate(zip(optimizers, self._fused, strict=True)):
-            if not active[r]:
-                continue
-            grads = by_run[r]
+        for optimizer, fused, grads in zip(optimizers, self._fused, by_run, strict=True):
             if fused is not None:
                 fused(grads)
                 continue
@@ -243,6 +237,22 @@ class Stacked:
                 for param in group["params"]:
                     param.grad = grads[self._slot[id(param)]]
             optimizer.step()
+
+    def keep(self, runs: Sequence[int]) -> Layout:
+        """The layout of runs `runs` (indices here) alone; the others leave the stack, so each
+        step computes only the runs kept. Their models, optimizers (Adam's step counters taken
+        at the next step) and generators go on where they are; one run left trains as `Single`
+        with its generator's state as the global one (the RNG its lone run draws from)."""
+        models = [self.models[r] for r in runs]
+        states = [
+            (cpu.get_state(), None if cuda is None else cuda.get_state())
+            for cpu, cuda in (self.generators[r] for r in runs)
+        ]
+        self.close()
+        if len(runs) == 1:
+            _set_rng(states[0])
+            return Single(models[0])
+        return Stacked(models, states)
 
     def zero_grad(self) -> None:
         """Gradients freed: the next backward hands each stacked parameter a new gradient (no

@@ -30,6 +30,7 @@ from xmodal_ft import (
     logs,
     models,
     papers,
+    pruning,
     record,
     schemes,
     tasks,
@@ -124,12 +125,13 @@ def train(
     `launcher` is recorded in results.json."""
     logs.quiet()
     values: dict[int, float] = {}
-    todo = []
+    todo, earlier = [], []  # earlier: the finished runs, for a pruner
     for i, spec in enumerate(specs):
         done = record.read_results(spec.run_dir)
         if done is not None and done.get("config_hash") == record.config_hash(_plain(spec.cfg)):
             log.info("%s holds complete results of this config: skipped", spec.run_dir)
             values[i] = done[f"val/{done['metric']}"]
+            earlier.append(pruning.Finished(spec.cfg.lr, done["history"], done.get("pruned_at")))
         else:
             todo.append(i)
     if not todo:
@@ -148,7 +150,8 @@ def train(
         del model
     for chunk in _chunks(todo, max_runs or 1):
         chunk_specs = [specs[i] for i in chunk]
-        values.update(zip(chunk, _train(chunk_specs, data, device, launcher), strict=True))
+        trained = _train(chunk_specs, data, device, launcher, earlier)
+        values.update(zip(chunk, trained, strict=True))
     return [values[i] for i in range(len(specs))]
 
 
@@ -175,7 +178,11 @@ def _build_model(cfg: DictConfig, data: tasks.TaskData, device: torch.device) ->
 
 
 def _train(
-    specs: list[RunSpec], data: tasks.TaskData, device: torch.device, launcher: str | None
+    specs: list[RunSpec],
+    data: tasks.TaskData,
+    device: torch.device,
+    launcher: str | None,
+    done: Sequence[pruning.Finished] = (),
 ) -> list[float]:
     started = time.time()
     cfg = specs[0].cfg
@@ -211,7 +218,7 @@ def _train(
             "runs resume at steps %s: each step's runs train as a group of their own", starts
         )
         del built, plans, model
-        return _by_start(specs, starts, data, device, launcher)
+        return _by_start(specs, starts, data, device, launcher, done)
     params = plans[0].params
     threads.set_threads(cfg.threads)
     allocator.keep_freed_memory()
@@ -229,23 +236,26 @@ def _train(
                     "name": spec.name, "tags": tags}  # fmt: skip
             trackers.append(record.build_tracker(_plain(cfg.logger), spec.run_dir, meta))
         _check_checkpoint_space(paths, built, plans)
-        results = engine.fit_runs(layout, plans, data, fit_cfgs, trackers, paths)
-        wall = time.time() - started
-        for spec, key, tracker, result in zip(specs, keys, trackers, results, strict=True):
-            payload = _results(spec, params, result, device, wall)
-            payload.update(config_hash=key, metric=metric, test_examples=len(data.test))
+
+        def finished(r: int, result: FitResult) -> None:  # as soon as run r stops training
+            payload = _results(specs[r], params, result, device, time.time() - started)
+            payload.update(config_hash=keys[r], metric=metric, test_examples=len(data.test))
             if launcher is not None:
                 payload["launcher"] = launcher
-            tracker.summary(payload)
-            record.write_results(spec.run_dir, payload)
+            trackers[r].summary(payload)
+            record.write_results(specs[r].run_dir, payload)
+            if paths[r] is not None:
+                paths[r].unlink(missing_ok=True)
+            log.info(
+                "test %s = %.4f (results in %s)", metric, result.test[metric], specs[r].run_dir
+            )
+
+        pruner = _pruner(cfg, specs, metric, done)
+        results = engine.fit_runs(layout, plans, data, fit_cfgs, trackers, paths, pruner, finished)
     finally:
         layout.close()
         for tracker in trackers:
             tracker.close()
-    for spec, path, result in zip(specs, paths, results, strict=True):
-        if path is not None:
-            path.unlink(missing_ok=True)
-        log.info("test %s = %.4f (results in %s)", metric, result.test[metric], spec.run_dir)
     return [result.best_val[metric] for result in results]
 
 
@@ -253,6 +263,19 @@ def _lockstep() -> ModuleType:
     """`xmodal_ft.lockstep`, imported by groups of runs only: a single run needs neither it nor
     the newer transformers it imports."""
     return importlib.import_module("xmodal_ft.lockstep")
+
+
+def _pruner(
+    cfg: DictConfig, specs: Sequence[RunSpec], metric: str, done: Sequence[pruning.Finished]
+) -> pruning.GroupPruner | None:
+    """The pruner of a lockstep group (`pruner=<rule>`; `done`: its runs that trained before)."""
+    if cfg.get("pruner") is None:
+        return None
+    if len(specs) + len(done) == 1:
+        log.warning("pruner=%s prunes lockstep groups: a lone run is not pruned", cfg.pruner.name)
+        return None
+    lrs = [float(spec.cfg.lr) for spec in specs]
+    return pruning.GroupPruner(pruning.build(_plain(cfg.pruner)), lrs, metric, done)
 
 
 def _checkpoint_path(spec: RunSpec) -> Path | None:
@@ -268,12 +291,13 @@ def _by_start(
     data: tasks.TaskData,
     device: torch.device,
     launcher: str | None,
+    done: Sequence[pruning.Finished],
 ) -> list[float]:
     """Train the runs of each start step as one group; each run's value, in `specs`' order."""
     values: dict[int, float] = {}
     for start in sorted(set(starts)):
         members = [i for i, s in enumerate(starts) if s == start]
-        trained = _train([specs[i] for i in members], data, device, launcher)
+        trained = _train([specs[i] for i in members], data, device, launcher, done)
         values.update(zip(members, trained, strict=True))
     return [values[i] for i in range(len(specs))]
 
@@ -334,6 +358,8 @@ def _validate(cfg: DictConfig) -> None:
         raise ConfigError(f"patience={cfg.patience} must be >= 1, or null to never stop early")
     if cfg.grad_clip is not None and not cfg.grad_clip > 0:
         raise ConfigError(f"grad_clip={cfg.grad_clip} must be > 0, or null for no clipping")
+    if cfg.get("pruner") is not None:
+        pruning.build(_plain(cfg.pruner))  # checks its keys' values
     threads = cfg.threads
     if threads not in ("auto", None) and not (isinstance(threads, int) and threads >= 1):
         raise ConfigError(f"threads={threads} must be auto, a positive integer, or null")
@@ -448,6 +474,7 @@ def _results(
         "best_step": result.best_step,
         "steps": result.steps,
         "stopped_early": result.stopped_early,
+        **({} if result.pruned_at is None else {"pruned": True, "pruned_at": result.pruned_at}),
         "history": result.history,
         "train_seconds": result.train_seconds,
         "val_seconds": result.val_seconds,

@@ -75,6 +75,8 @@ def write_results(run_dir: Path, payload: dict[str, Any]) -> Path:
 def config_hash(config: dict[str, Any]) -> str:
     """A short stable hash of a resolved config, ignoring keys that do not change results."""
     kept = {k: v for k, v in config.items() if k not in NOT_HASHED}
+    if kept.get("pruner", 0) is None:  # off: the hash of a config from before the key existed
+        del kept["pruner"]
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]
 
 

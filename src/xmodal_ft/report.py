@@ -7,6 +7,8 @@ Runs are grouped by (task, model, variant, scheme); the scheme is labelled with 
 schedule and optimizer where they are not the defaults (`fixed+houlsby+sgd`). Within a group, the
 LR with the best mean validation metric (the task's first metric, e.g. `acc` or `mcc`) over seeds
 is chosen and its test metric is reported as mean ± standard error of the mean (SEM) over seeds.
+LRs whose runs a pruner stopped (`pruner=...`) are marked and left out of the choice, and the
+report says so (†).
 Runs without complete results (failed, killed, still running) are listed, not averaged.
 """
 
@@ -108,6 +110,7 @@ def _parse(path: Path, payload: Any) -> Run:
         config=config,
         tests={k.removeprefix("test/"): float(v) for k, v in payload.items() if k[:5] == "test/"},
         test_examples=payload.get("test_examples"),
+        pruned_at=payload.get("pruned_at"),
     )
 
 
@@ -218,10 +221,19 @@ def aggregate(runs: list[Run]) -> list[Selection]:
                     mean_sem([r.val for r in at_lr]),
                     mean_sem([r.test for r in at_lr]),
                     mean_sem([float(r.best_step) for r in at_lr]),
+                    any(r.pruned_at is not None for r in at_lr),
                 )
             )
-        best = max(per_lr, key=lambda s: s.val[0])  # ties: the smallest LR (first maximum)
-        selections.append(Selection(group, members[0].metric, per_lr, best, by_lr[best.lr]))
+        kept = [s for s in per_lr if not s.pruned] or per_lr  # a pruner keeps an LR or more
+        best = max(kept, key=lambda s: s.val[0])  # ties: the smallest LR (first maximum)
+        excluded = {
+            s.lr: tuple(sorted({r.pruned_at for r in by_lr[s.lr] if r.pruned_at is not None}))
+            for s in per_lr
+            if s.pruned
+        }
+        selections.append(
+            Selection(group, members[0].metric, per_lr, best, by_lr[best.lr], excluded)
+        )
     return selections
 
 
@@ -325,14 +337,14 @@ def _write_per_lr_csv(selections: list[Selection], path: Path) -> Path:
     """Every LR of every group: mean ± SEM of val and test over seeds (what an accuracy-vs-LR
     plot is made from); `chosen` marks the LR of the best mean validation metric."""
     fields = [*GROUP, "metric", "lr", "n_seeds", "seeds", "val_mean", "val_sem", "test_mean"]
-    fields += ["test_sem", "steps_mean", "steps_sem", "chosen"]
+    fields += ["test_sem", "steps_mean", "steps_sem", "chosen", "pruned"]
     rows: list[list[Any]] = [fields]
     for s in selections:
         for p in s.per_lr:
             seeds = " ".join(map(str, p.seeds))
             chosen = int(p is s.best)
             rows.append([*s.group, s.metric, p.lr, len(p.seeds), seeds, *p.val, *p.test,
-                         *p.steps, chosen])  # fmt: skip
+                         *p.steps, chosen, int(p.pruned)])  # fmt: skip
     return _write_rows(path, rows)
 
 
@@ -384,7 +396,7 @@ def _write_markdown(
     for (model, scheme), rows in _pivot(selections).items():
         variants = sorted({v for cells in rows.values() for v in cells})
         tables = [
-            ("test", lambda s, _: _cell(s, paper)),
+            ("test", lambda s, _: _cell(s, paper) + (" †" if s is not None and s.excluded else "")),
             ("gradient steps to the best validation metric", lambda s, _: _steps(s)),
         ]
         if any(REFERENCE in cells for cells in rows.values()):
@@ -397,11 +409,30 @@ def _write_markdown(
                 row = " | ".join(cell(cells.get(v), cells) for v in variants)
                 lines += [f"| {task} | {row} |"]
             lines += [""]
+    lines += _pruned(selections)
     if failures:
         lines += _failures(failures, sum(len(p.seeds) for s in selections for p in s.per_lr))
     if skipped:
         lines += ["## Skipped files", "", *(f"- {line}" for line in skipped), ""]
     return _write_text(path, "\n".join(lines))
+
+
+def _pruned(selections: list[Selection]) -> list[str]:
+    """† : the groups whose LR was chosen among unpruned LRs, with the pruned ones left out."""
+    pruned = [s for s in selections if s.excluded]
+    if not pruned:
+        return []
+    lines = [
+        "## Pruned runs",
+        "",
+        "† A pruner (`pruner=...`, a departure from the papers' full grid) stopped some LRs' "
+        "runs before their budget; the LR is chosen among the others. Left out of the choice:",
+        "",
+    ]
+    for s in pruned:
+        at = [f"{lr:.0e} (step {', '.join(map(str, steps))})" for lr, steps in s.excluded.items()]
+        lines.append(f"- {' / '.join(s.group)}: lr {', '.join(at)}")
+    return [*lines, ""]
 
 
 def _failures(failures: list[Failure], complete: int) -> list[str]:
@@ -471,6 +502,10 @@ def main(argv: list[str] | None = None) -> None:
         selections = aggregate(runs)
     except ReportError as err:
         parser.exit(2, f"xmodal-report: error: {err}\n")
+    for s in selections:
+        if s.excluded:
+            lrs = ", ".join(f"{lr:.0e}" for lr in s.excluded)
+            log.info("%s: pruned lr %s left out of the choice (†)", " / ".join(s.group), lrs)
     failures = failed_runs(args.dirs)
     for f in failures:
         log.warning("no complete results: %s (%s): %s", f.path, f.status, f.error)

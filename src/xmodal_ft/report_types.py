@@ -26,6 +26,7 @@ class Run:
     config: dict[str, Any]
     tests: dict[str, float] = field(default_factory=dict)  # every test metric
     test_examples: int | None = None  # the test split's size (None: not recorded)
+    pruned_at: int | None = None  # the step a pruner stopped it at (None: not pruned)
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class LrStats:
     val: tuple[float, float]
     test: tuple[float, float]
     steps: tuple[float, float]
+    pruned: bool = False  # a pruner stopped its runs (all seeds of an LR stop together)
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class Selection:
     per_lr: list[LrStats]
     best: LrStats
     runs: list[Run]  # the runs at the chosen LR
+    excluded: dict[float, tuple[int, ...]] = field(default_factory=dict)  # pruned LR: steps
 
 
 @dataclass(frozen=True)

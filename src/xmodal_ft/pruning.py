@@ -1,0 +1,136 @@
+"""Pruning a lockstep group's LRs on validation passes: which LRs stop before their budget.
+
+Opt-in (`pruner=halving` or `pruner=median`, conf/pruner/) and a departure from the papers'
+protocol, which trains the full LR × seed grid. An LR is judged by its seeds' mean of the best
+validation metric so far (the protocol picks the LR by the seed mean), so all seeds of an LR stop
+together; a group with one LR is never pruned. A pass is a validation pass: pass 0 is step 0's.
+
+- `Halving` (successive halving): at rungs `first_rung`, `first_rung·eta`, `first_rung·eta²`, …
+  passes, keep the best ⌈n/eta⌉ of the n LRs still in the group and stop the others.
+- `Median` (Optuna's MedianPruner over LRs): from pass `warmup` on, stop each LR whose value is
+  below the median of the values of the LRs still in the group.
+
+Decisions are a function of the runs' validation histories alone (`GroupPruner`): a group resumed
+after a kill, given its pruned runs' histories, prunes at the same passes as the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from xmodal_ft.errors import UserError
+
+
+class Rule(Protocol):
+    def prune(self, passes: int, values: Mapping[float, float]) -> set[float]:
+        """The LRs to stop at pass `passes`, from each LR's value (higher is better)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Halving:
+    """Successive halving: at each rung keep the top ⌈n/eta⌉ LRs (ties: the smaller LR)."""
+
+    eta: int = 3
+    first_rung: int = 1
+
+    def __post_init__(self) -> None:
+        if self.eta < 2 or self.first_rung < 1:
+            raise UserError(
+                f"pruner.eta={self.eta} must be >= 2 and pruner.first_rung={self.first_rung} "
+                ">= 1 (e.g. pruner.eta=3 pruner.first_rung=1)"
+            )
+
+    def rungs(self, passes: int) -> bool:
+        """Whether pass `passes` is a rung: first_rung · eta^k for some k >= 0."""
+        rung = self.first_rung
+        while rung < passes:
+            rung *= self.eta
+        return rung == passes
+
+    def prune(self, passes: int, values: Mapping[float, float]) -> set[float]:
+        if len(values) < 2 or not self.rungs(passes):
+            return set()
+        ranked = sorted(values, key=lambda lr: (-values[lr], lr))
+        return set(ranked[math.ceil(len(ranked) / self.eta) :])
+
+
+@dataclass(frozen=True)
+class Median:
+    """From pass `warmup` on, stop the LRs whose value is below the median of the LRs'."""
+
+    warmup: int = 2
+
+    def __post_init__(self) -> None:
+        if self.warmup < 1:
+            raise UserError(f"pruner.warmup={self.warmup} must be >= 1 (e.g. pruner.warmup=2)")
+
+    def prune(self, passes: int, values: Mapping[float, float]) -> set[float]:
+        if len(values) < 2 or passes < self.warmup:
+            return set()
+        median = statistics.median(values.values())
+        return {lr for lr, value in values.items() if value < median}
+
+
+RULES: dict[str, type[Halving] | type[Median]] = {"halving": Halving, "median": Median}
+
+
+def build(cfg: Mapping[str, object]) -> Rule:
+    """The rule of a `pruner` config node (conf/pruner/<name>.yaml)."""
+    kind = RULES[str(cfg["name"])]
+    keys = kind.__dataclass_fields__
+    return kind(**{k: v for k, v in cfg.items() if k in keys})  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A run of the group that trains no more (results written): its LR, validation history
+    and the step it was pruned at (None: it stopped early or ran its budget)."""
+
+    lr: float
+    history: Sequence[Mapping[str, float]]
+    pruned_at: int | None = None
+
+
+class GroupPruner:
+    """A rule applied to one lockstep group: run r has LR `lrs[r]`; `finished` holds the group's
+    runs that trained before (a resumed group's pruned runs), judged with the others."""
+
+    def __init__(
+        self, rule: Rule, lrs: Sequence[float], metric: str, finished: Sequence[Finished] = ()
+    ):
+        self.rule, self.lrs, self.key = rule, list(lrs), f"val/{metric}"
+        self.finished = list(finished)
+        self.pruned_at: dict[int, int] = {}  # run -> the step it was pruned at
+
+    def prune(
+        self, step: int, histories: Sequence[Sequence[Mapping[str, float]]], training: set[int]
+    ) -> list[int]:
+        """The runs of `training` to stop after the validation pass at `step` (every run's
+        `histories[r]` holds its records up to there); they are recorded as pruned at `step`."""
+        own = zip(self.lrs, histories, strict=True)
+        records = [
+            *self.finished,
+            *(Finished(lr, h, self.pruned_at.get(r)) for r, (lr, h) in enumerate(own)),
+        ]
+        passes = max(sum(1 for rec in h if rec["step"] <= step) for h in histories) - 1
+        stopped = self.rule.prune(passes, lr_values(records, step, self.key))
+        runs = [r for r in sorted(training) if self.lrs[r] in stopped]
+        self.pruned_at.update((r, step) for r in runs)
+        return runs
+
+
+def lr_values(runs: Sequence[Finished], step: int, key: str) -> dict[float, float]:
+    """Each LR's seed mean of the best `key` up to `step`, over the LRs none of whose runs was
+    pruned before `step` (runs pruned at `step` count: their pass at `step` was scored)."""
+    out = {r.lr for r in runs if r.pruned_at is not None and r.pruned_at < step}
+    bests: dict[float, list[float]] = {}
+    for run in runs:
+        if run.lr not in out:
+            scores = [rec[key] for rec in run.history if rec["step"] <= step]
+            bests.setdefault(run.lr, []).append(max(scores))
+    return {lr: statistics.fmean(scores) for lr, scores in bests.items()}
