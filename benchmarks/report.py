@@ -67,7 +67,27 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _scale_out(rows: list[dict[str, Any]]) -> list[str]:
+def _scale_out(section: dict[str, list[dict[str, Any]]]) -> list[str]:
+    return _layouts(section["layouts"]) + _pruning(section["pruning"])
+
+
+def _pruning(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "### Pruned vs unpruned lockstep grid (tiny_gpt2, 9 LRs × 3 seeds)",
+        "",
+        "| pruner | runs pruned | run-steps | saved | wall s | chosen LR | its test acc |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['pruner']} | {r['runs_pruned']} | {r['run_steps']:,} "
+            f"| {100 * r['run_steps_saved']:.0f} % | {r['wall_seconds']:.1f} | {r['chosen_lr']:g} "
+            f"| {r['chosen_test_acc']:.3f} ± {r['chosen_test_sem']:.3f} |"
+        )
+    return [*lines, ""]
+
+
+def _layouts(rows: list[dict[str, Any]]) -> list[str]:
     lines = [
         "## Scale-out: one grid sequentially, as one lockstep group, as groups on devices",
         "",

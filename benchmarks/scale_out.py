@@ -1,7 +1,8 @@
 """Scale-out: one 27-run grid (9 LRs x 3 seeds) as the default sequential multirun, as one
 lockstep group in one process (every core as torch threads), and as two lockstep groups on two
 one-core "devices" (`hydra.launcher.devices=2`: two pinned worker processes). Wall time of the
-whole `train.py -m` command; the runs' validation accuracies agree across the three.
+whole `train.py -m` command; the runs' validation accuracies agree across the three. Then the
+tiny_gpt2 grid pruned vs unpruned (`benchmarks.pruning`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.lockstep import _sweep, cases
+from benchmarks.pruning import pruned_vs_unpruned
 
 log = logging.getLogger("benchmarks")
 LAYOUTS = {  # name: (launcher, extra overrides)
@@ -22,8 +24,13 @@ LAYOUTS = {  # name: (launcher, extra overrides)
 CASES = ("tiny_gpt2 unfrozen", "gpt2-4x256 (3.2M) unfrozen")
 
 
-def scale_out(quick: bool) -> list[dict[str, Any]]:
-    """Each case under each layout: wall seconds, runs/h, per-device runs/h, max val delta."""
+def scale_out(quick: bool) -> dict[str, list[dict[str, Any]]]:
+    """Each case under each layout (wall seconds, runs/h, speed-up, max val delta), and the
+    pruned vs unpruned grid."""
+    return {"layouts": _layouts(quick), "pruning": pruned_vs_unpruned(quick)}
+
+
+def _layouts(quick: bool) -> list[dict[str, Any]]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for case in (c for c in cases(quick, Path(tmp)) if c.name in CASES):
