@@ -6,9 +6,11 @@ token). It is created atomically: a complete temporary file is hard-linked to th
 which fails when the name exists (atomic on local disks and on NFS, unlike O_EXCL on old NFS).
 The holder's heartbeat is the file's mtime, touched every `HEARTBEAT_S` by one daemon thread per
 process for all the leases it holds. A lease is stale when its heartbeat is older than
-`TIMEOUT_S` (its worker hung, or its host died: mtimes come from the file server, so compare
-hosts' clocks only within that margin), or at once when its holder ran on this host and its pid
-is gone (a killed run relaunched right away resumes at once). A stale lease is taken over: the
+`TIMEOUT_S` (its worker hung, or its host died; the age is this host's clock less the mtime, so
+hosts sharing a disk need clocks that agree well within that), or at once when its holder ran on
+this host, in this pid namespace, and its pid is gone (a killed run relaunched right away resumes
+at once; a container on this host with a pid namespace of its own waits for the timeout). A
+stale lease is taken over: the
 taker first creates a marker named after the stale holder's token (by the same link), so that
 one taker alone removes that lease, then links its own; a taker that loses any step finds a live
 lease and leaves the run. A lease is removed on release only while it is still its holder's.
@@ -40,15 +42,28 @@ TAKEOVER_S = 60.0  # a takeover marker this old was left by a taker that died in
 HOST = socket.gethostname()
 
 
+def _pid_namespace() -> int | None:
+    """This process's pid namespace (its inode), where Linux tells; pids compare within one."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+
+
+PID_NAMESPACE = _pid_namespace()
+
+
 @dataclass(frozen=True)
 class Holder:
-    """Who holds a lease, and the age of its heartbeat in seconds when read."""
+    """Who holds a lease, and the age of its heartbeat in seconds when read (`pid_namespace`:
+    None where the platform has none)."""
 
     host: str
     pid: int
     started: float
     token: str
     age: float
+    pid_namespace: int | None = None
 
 
 class Held(RuntimeError):
@@ -97,7 +112,8 @@ def acquire(run_dir: Path, timeout_s: float = TIMEOUT_S) -> Lease:
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LEASE
     token = secrets.token_hex(8)
-    record = {"host": HOST, "pid": os.getpid(), "started": time.time(), "token": token}
+    record = {"host": HOST, "pid": os.getpid(), "started": time.time(), "token": token,
+              "pid_namespace": PID_NAMESPACE}  # fmt: skip
     while True:
         if _link_new(path, record):
             lease = Lease(path, token)
@@ -118,7 +134,8 @@ def acquire(run_dir: Path, timeout_s: float = TIMEOUT_S) -> Lease:
 
 
 def _stale(holder: Holder, timeout_s: float) -> bool:
-    if holder.host == HOST and not _alive(holder.pid):
+    here = holder.host == HOST and holder.pid_namespace == PID_NAMESPACE
+    if here and not _alive(holder.pid):
         return True
     return holder.age > timeout_s
 
@@ -185,7 +202,7 @@ def _read(path: Path) -> Holder | None:
         record = json.loads(text)
         return Holder(
             str(record["host"]), int(record["pid"]), float(record["started"]),
-            str(record["token"]), age,
+            str(record["token"]), age, record.get("pid_namespace"),
         )  # fmt: skip
     except (ValueError, KeyError, TypeError):
         return Holder("?", -1, 0.0, f"unreadable-{stat.st_ino}", age)
