@@ -46,7 +46,7 @@ class LoopState:
     stopped_at: int | None = None  # the step a run stopped early at (lockstep runs go on)
     seconds: float = 0.0  # training time so far (until it stopped)
     val_seconds: float = 0.0  # of which validation passes
-    threads: int | None = None  # torch's intra-op threads it trains on (None: not recorded)
+    threads: int | None = None  # torch's intra-op threads it trains on; a resume keeps them
     best_weights: dict[str, torch.Tensor] = field(default_factory=dict)  # at best_step
 
 
