@@ -78,7 +78,7 @@ def test_threads_auto_gives_the_cores_other_processes_leave_free(
     finally:
         busy.kill()
         busy.wait()  # reaped here, not left for whoever waits on this process's children
-    cores = threads._DEFAULT_THREADS
+    cores = threads.cores()
     for others, expected in ((0, cores), (1, cores - 1), (99, 1)):
         monkeypatch.setattr(threads, "_busy", lambda n=others: n)
         assert threads.set_threads("auto") == max(1, expected)

@@ -46,6 +46,7 @@ class LoopState:
     stopped_at: int | None = None  # the step a run stopped early at
     seconds: float = 0.0  # training time so far (until it stopped)
     val_seconds: float = 0.0  # of which validation passes
+    threads: int | None = None  # torch's intra-op threads it trains on; a resume keeps them
     best_weights: dict[str, torch.Tensor] = field(default_factory=dict)  # at best_step
 
 
@@ -81,15 +82,18 @@ def step(path: Path) -> int:
         return 0
 
 
-def resume_step(path: Path | None, model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    """The step `load` would resume the run at: 0 for no file, or one that cannot be read or
-    does not fit `model` and `optimizer` (its run starts afresh)."""
+def resumed(
+    path: Path | None, model: nn.Module, optimizer: torch.optim.Optimizer
+) -> LoopState | None:
+    """The loop state `load` would resume the run at (its tensors memory-mapped, not read):
+    None for no file, or one that cannot be read or does not fit `model` and `optimizer` (its
+    run starts afresh)."""
     if path is None or not path.exists():
-        return 0
+        return None
     try:
-        return _fitting(path, _read(path, mmap=True), model, optimizer).step
+        return _fitting(path, _read(path, mmap=True), model, optimizer)
     except CheckpointError:
-        return 0
+        return None
 
 
 def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> LoopState:

@@ -57,7 +57,7 @@ class Config:
     progress: bool = MISSING
     compile: bool = MISSING
     grad_checkpointing: bool = MISSING
-    threads: Any = MISSING  # "auto", a count, or null
+    threads: Any = MISSING  # null (the cores this process may run on), a count, or "auto"
     cache_dir: str | None = MISSING
     checkpoint_every: int | None = MISSING
     seeds: list[int] | None = MISSING

@@ -158,6 +158,8 @@ def fit_runs(
     for r, (path, plan) in enumerate(zip(checkpoint_paths, plans, strict=True)):
         with layout.own_rng(r):
             states.append(_resume(path, layout.models[r], plan))
+    for state in states:
+        state.threads = torch.get_num_threads()  # what its checkpoints record from now on
     first_step = states[0].step
     if any(state.step != first_step for state in states):
         raise ValueError("lockstep runs must resume from the same step; train them apart")

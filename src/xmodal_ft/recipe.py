@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import math
 import os
 import platform
 import shutil
@@ -27,6 +28,7 @@ from xmodal_ft import (
     checkpoint,
     engine,
     labels,
+    lease,
     logs,
     models,
     papers,
@@ -120,22 +122,56 @@ def train(
 ) -> list[float]:
     """Train runs of one configuration (they may differ in lr and seed) together, in lockstep;
     return each run's validation metric. Runs whose directory holds complete results of the same
-    config are skipped. At most `max_runs` train at once (None: `lockstep.max_runs`, from the
-    model, the batch shape and this process's `memory_share` of the device's free memory);
-    `launcher` is recorded in results.json."""
+    config are skipped; so are runs whose lease (`xmodal_ft.lease`) a live worker holds (their
+    value: nan). At most `max_runs` train at once (None: `lockstep.max_runs`, from the model, the
+    batch shape and this process's `memory_share` of the device's free memory); `launcher` is
+    recorded in results.json."""
     logs.quiet()
     values: dict[int, float] = {}
-    todo, earlier = [], []  # earlier: the finished runs, for a pruner
-    for i, spec in enumerate(specs):
-        done = record.read_results(spec.run_dir)
-        if done is not None and done.get("config_hash") == record.config_hash(_plain(spec.cfg)):
-            log.info("%s holds complete results of this config: skipped", spec.run_dir)
-            values[i] = done[f"val/{done['metric']}"]
-            earlier.append(pruning.Finished(spec.cfg.lr, done["history"], done.get("pruned_at")))
-        else:
-            todo.append(i)
-    if not todo:
-        return [values[i] for i in range(len(specs))]
+    earlier: list[pruning.Finished] = []  # the finished runs, for a pruner
+    todo = [i for i, spec in enumerate(specs) if not _done(spec, values, i, earlier)]
+    with contextlib.ExitStack() as leases:
+        todo = [
+            i for i in todo
+            if _leased(specs[i], leases) and not _done(specs[i], values, i, earlier)
+        ]  # fmt: skip
+        if todo:
+            _train_leased(specs, todo, values, launcher, max_runs, memory_share, earlier)
+    return [values.get(i, math.nan) for i in range(len(specs))]
+
+
+def _done(spec: RunSpec, values: dict[int, float], i: int, earlier: list[pruning.Finished]) -> bool:
+    """Whether the run's directory holds complete results of its config (its value then goes
+    into `values[i]`, its history into `earlier`)."""
+    done = record.read_results(spec.run_dir)
+    if done is None or done.get("config_hash") != record.config_hash(_plain(spec.cfg)):
+        return False
+    log.info("%s holds complete results of this config: skipped", spec.run_dir)
+    values[i] = done[f"val/{done['metric']}"]
+    earlier.append(pruning.Finished(spec.cfg.lr, done["history"], done.get("pruned_at")))
+    return True
+
+
+def _leased(spec: RunSpec, leases: contextlib.ExitStack) -> bool:
+    """Take the run's lease until `leases` closes; False (logged) when a live worker holds it."""
+    try:
+        leases.enter_context(lease.acquire(spec.run_dir))
+    except lease.Held as held:
+        log.info("%s: skipped", held)
+        return False
+    return True
+
+
+def _train_leased(
+    specs: Sequence[RunSpec],
+    todo: list[int],
+    values: dict[int, float],
+    launcher: str | None,
+    max_runs: int | None,
+    memory_share: float,
+    earlier: list[pruning.Finished],
+) -> None:
+    """Train the runs `todo` of `specs` (their leases held), in chunks of at most `max_runs`."""
     cfg = specs[todo[0]].cfg
     device = engine.select_device(cfg.device)
     tokenizer = models.resolve_path(cfg.model.path) if cfg.model.path else None
@@ -152,7 +188,6 @@ def train(
         chunk_specs = [specs[i] for i in chunk]
         trained = _train(chunk_specs, data, device, launcher, earlier)
         values.update(zip(chunk, trained, strict=True))
-    return [values[i] for i in range(len(specs))]
 
 
 def _chunks(indices: list[int], limit: int) -> list[list[int]]:
@@ -209,18 +244,21 @@ def _train(
             _lockstep().share_frozen(model, built)
         built.append(model)
     paths = [_checkpoint_path(spec) for spec in specs]
-    starts = [
-        checkpoint.resume_step(path, model, plan.optimizer)
+    resumed = [
+        checkpoint.resumed(path, model, plan.optimizer)
         for path, model, plan in zip(paths, built, plans, strict=True)
     ]
+    starts = [0 if state is None else state.step for state in resumed]
     if len(set(starts)) > 1:  # a checkpoint that reads but does not fit its run: it starts afresh
         log.warning(
             "runs resume at steps %s: each step's runs train as a group of their own", starts
         )
-        del built, plans, model
+        del built, plans, model, resumed
         return _by_start(specs, starts, data, device, launcher, done)
     params = plans[0].params
-    threads.set_threads(cfg.threads)
+    counts = [state.threads for state in resumed if state is not None and state.threads]
+    thread_count = threads.set_threads(cfg.threads, resumed=counts)
+    del resumed
     allocator.keep_freed_memory()
     layout = Single(built[0]) if len(built) == 1 else _lockstep().Stacked(built, rng_states)
     models.speed_up(layout.model, grad_checkpointing=cfg.grad_checkpointing, compile=cfg.compile)
@@ -239,7 +277,8 @@ def _train(
 
         def finished(r: int, result: FitResult) -> None:  # as soon as run r stops training
             payload = _results(specs[r], params, result, device, time.time() - started)
-            payload.update(config_hash=keys[r], metric=metric, test_examples=len(data.test))
+            payload.update(config_hash=keys[r], metric=metric, test_examples=len(data.test),
+                           threads=thread_count)  # fmt: skip
             if launcher is not None:
                 payload["launcher"] = launcher
             trackers[r].summary(payload)

@@ -18,9 +18,19 @@ RESULTS = "results.json"
 METRICS = "metrics.jsonl"
 # Root keys and group choices that do not change a run's results: left out of its config hash
 # and, through conf/config.yaml's `${not_hashed:}`, out of its multirun directory name (so a
-# relaunch with progress=false still finds its runs). `sweep=<option>` only sets Hydra's sweeper.
+# relaunch with progress=false still finds its runs). `sweep=<option>` only sets Hydra's sweeper;
+# `threads` changes speed and at most the last digits (a resumed run keeps its count: threads.py).
 NOT_HASHED = frozenset(
-    {"cache_dir", "checkpoint_every", "debug", "log_every", "logger", "progress", "sweep"}
+    {
+        "cache_dir",
+        "checkpoint_every",
+        "debug",
+        "log_every",
+        "logger",
+        "progress",
+        "sweep",
+        "threads",
+    }
 )
 # A multirun directory name: the job's overrides as typed when short and path-safe, else a
 # readable cut plus a hash of the whole (same overrides, same directory).
