@@ -33,10 +33,11 @@ def scale_out(quick: bool) -> dict[str, list[dict[str, Any]]]:
 def _layouts(quick: bool) -> list[dict[str, Any]]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for case in (c for c in cases(quick, Path(tmp)) if c.name in CASES):
+        chosen = [c for c in cases(quick, Path(tmp)) if c.name in CASES]
+        for c, case in enumerate(chosen):
             runs = {}
             for i, (name, (launcher, extra)) in enumerate(LAYOUTS.items()):
-                runs[name] = _sweep(case, launcher, Path(tmp) / f"{case.name}-{i}", extra)
+                runs[name] = _sweep(case, launcher, Path(tmp) / f"case{c}-{i}", extra)
                 log.info("%s, %s: %.0f s", case.name, name, runs[name]["wall_seconds"])
             rows.append(_row(case.name, case.steps, runs))
     return rows
