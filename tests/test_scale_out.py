@@ -90,6 +90,19 @@ def test_named_devices_parse_and_bad_names_say_how_to_name_them() -> None:
             placement.resolve(["cuda:0"])
 
 
+def test_each_cards_worker_runs_on_its_share_of_the_cores(monkeypatch) -> None:
+    monkeypatch.setattr(placement, "_cores", lambda: list(range(16)))
+    cards = placement._named(4, gpus=8)
+    assert [d.label for d in cards] == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    shares = [d.cores for d in placement.resolve(4)]
+    assert shares == [tuple(range(i, i + 4)) for i in (0, 4, 8, 12)]
+    assert [d.cores for d in placement.resolve(["cuda:5"])] == [tuple(range(16))]
+    monkeypatch.setattr(placement, "_cores", lambda: [0, 1])
+    assert [d.cores for d in placement.resolve(None)] == [(0,), (1,)] * 4  # 8 cards, 2 cores
+
+
 def test_a_group_is_cut_in_halves_while_a_device_would_stay_idle(tmp_path) -> None:
     runs = specs(tmp_path)
     (whole,) = dispatch.split([group_of(runs)], 1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -28,7 +28,8 @@ class Device:
     """One worker's device: a CUDA card (its index among the visible ones) or CPU cores."""
 
     kind: str  # "cuda" or "cpu"
-    ids: tuple[int, ...]
+    ids: tuple[int, ...]  # the card, or the cores
+    cores: tuple[int, ...] = ()  # a card's worker's share of the host's cores (() : all)
 
     @property
     def label(self) -> str:
@@ -39,20 +40,29 @@ class Device:
     def pin(self) -> None:
         """Confine this process to the device, before torch touches CUDA: the card becomes the
         only visible one (`device=auto` picks it), or the process runs on the cores alone with
-        one torch thread per core."""
+        one torch thread per core; a card's worker runs on its share of the host's cores, so
+        that the workers' CPU-side work does not oversubscribe them."""
+        cores = self.ids if self.kind == "cpu" else self.cores
         if self.kind == "cuda":
             visible = os.environ.get("CUDA_VISIBLE_DEVICES")
             cards = visible.split(",") if visible else None
             os.environ["CUDA_VISIBLE_DEVICES"] = cards[self.ids[0]] if cards else str(self.ids[0])
-            return
-        if hasattr(os, "sched_setaffinity"):
-            os.sched_setaffinity(0, self.ids)
-        torch.set_num_threads(len(self.ids))
+        if cores and hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, cores)
+            torch.set_num_threads(len(cores))
 
 
 def resolve(devices: int | str | Sequence[str] | None) -> list[Device]:
-    """The devices `hydra.launcher.devices` names; [] means this process, one group at a time."""
+    """The devices `hydra.launcher.devices` names; [] means this process, one group at a time.
+    Cards get near-equal shares of this process's cores for their workers."""
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    found = _named(devices, gpus)
+    cards = [d for d in found if d.kind == "cuda"]
+    shares = iter(_cut(_cores(), len(cards)) if cards else [])
+    return [replace(d, cores=next(shares)) if d.kind == "cuda" else d for d in found]
+
+
+def _named(devices: int | str | Sequence[str] | None, gpus: int) -> list[Device]:
     if devices is None:
         return [Device("cuda", (i,)) for i in range(gpus)] if gpus > 1 else []
     if isinstance(devices, bool):
@@ -85,11 +95,19 @@ def _count(n: int, gpus: int) -> list[Device]:
             f"hydra.launcher.devices={n} CPU core sets but this process may use {len(cores)} "
             f"core(s): use devices={len(cores)} or fewer"
         )
+    return [Device("cpu", share) for share in _cut(cores, n)]
+
+
+def _cut(cores: list[int], n: int) -> list[tuple[int, ...]]:
+    """`cores` in `n` contiguous near-equal sets (sets of one core, reused in turn, when there
+    are fewer cores than sets)."""
+    if len(cores) < n:
+        return [(cores[i % len(cores)],) for i in range(n)]
     size, extra = divmod(len(cores), n)
     sets, start = [], 0
     for i in range(n):
         end = start + size + (i < extra)
-        sets.append(Device("cpu", tuple(cores[start:end])))
+        sets.append(tuple(cores[start:end]))
         start = end
     return sets
 
