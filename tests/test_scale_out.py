@@ -111,6 +111,8 @@ def test_a_group_is_cut_in_halves_while_a_device_would_stay_idle(tmp_path) -> No
     assert [part.index for part in halves] == [[0, 1], [2, 3]]  # seeds stay side by side
     assert len(dispatch.split([group_of(runs[:1])], 4)) == 1
     assert sorted(len(p.specs) for p in dispatch.split([group_of(runs)], 3)) == [1, 1, 2]
+    pruned = specs(tmp_path, "pruner=halving")
+    assert len(dispatch.split([group_of(pruned)], 2)) == 1  # the pruner needs every seed of an LR
 
 
 # ---- groups on devices ------------------------------------------------------------------------

@@ -56,10 +56,12 @@ class Group:
 
 def split(groups: Sequence[Group], workers: int) -> list[Group]:
     """`groups`, the largest cut in two halves (seeds stay side by side) until every one of
-    `workers` has a group to train, or no group has two runs."""
+    `workers` has a group to train, or no group has two runs. A group with a pruner stays
+    whole: the pruner judges each LR by all of its seeds."""
     parts = list(groups)
     while len(parts) < workers:
-        largest = max(range(len(parts)), key=lambda i: len(parts[i].specs), default=None)
+        cuttable = [i for i, part in enumerate(parts) if not part.specs[0].cfg.get("pruner")]
+        largest = max(cuttable, key=lambda i: len(parts[i].specs), default=None)
         if largest is None or len(parts[largest].specs) < 2:
             break
         group = parts.pop(largest)
