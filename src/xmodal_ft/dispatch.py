@@ -9,8 +9,10 @@ anything else with its traceback.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import multiprocessing
+import os
 import pickle
 import threading
 from collections import deque
@@ -92,52 +94,85 @@ def here(groups: Sequence[Group], max_runs: int | None) -> list[Outcome]:
     return outcomes
 
 
-def on_devices(groups: Sequence[Group], devices: Sequence[Device], max_runs: int | None):
-    """Train the groups on one worker process per device, largest first, each group on the
-    next free device. Workers on CPU core sets share the host's memory (`max_runs` is sized
-    from their share of it); each card's worker has the card's memory."""
-    share = 1.0 / len(devices) if devices[0].kind == "cpu" else 1.0
-    todo = deque(sorted(range(len(groups)), key=lambda g: -len(groups[g].specs)))
-    outcomes: list[Outcome] = [[] for _ in groups]
-    lock = threading.Lock()
+def on_devices(
+    groups: Sequence[Group], devices: Sequence[Device], max_runs: int | None
+) -> list[Outcome]:
+    """Train the groups on one worker process per device (`Workers`)."""
+    with Workers(devices) as workers:
+        return workers.train(groups, max_runs)
 
-    def serve(device: Device) -> None:
-        pool = _worker(device)
-        try:
+
+class Workers:
+    """One worker process per device, started at once, so that their imports (torch,
+    transformers: seconds) overlap the launcher's job set-up. `train` gives each group to the
+    next free worker, largest groups first. Workers on CPU core sets share the host's memory
+    (`max_runs` is sized from their share of it); each card's worker has the card's memory."""
+
+    def __init__(self, devices: Sequence[Device]):
+        self.devices = list(devices)
+        self.pools = [_worker(device) for device in self.devices]
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """End the workers. Their work is on disk (results written atomically, leases released)
+        by the time they are idle, so each ends at once (`os._exit`) rather than tearing down
+        torch and transformers: about 1 s per worker."""
+        for pool in self.pools:
+            pool.submit(os._exit, 0)
+        for pool in self.pools:
+            pool.shutdown(cancel_futures=True)
+
+    def train(self, groups: Sequence[Group], max_runs: int | None) -> list[Outcome]:
+        share = 1.0 / len(self.devices) if self.devices[0].kind == "cpu" else 1.0
+        todo = deque(sorted(range(len(groups)), key=lambda g: -len(groups[g].specs)))
+        outcomes: list[Outcome] = [[] for _ in groups]
+        lock = threading.Lock()
+
+        def serve(d: int) -> None:
+            label = self.devices[d].label
             while True:
                 with lock:
                     if not todo:
                         return
                     g = todo.popleft()
                 group = groups[g]
-                log.info(f"Training jobs {group.jobs} together on {device.label}")
+                log.info(f"Training jobs {group.jobs} together on {label}")
                 try:
-                    outcomes[g] = pool.submit(
-                        train_group, _sendable(group), max_runs, share
-                    ).result()
+                    outcomes[g] = (
+                        self.pools[d]
+                        .submit(train_group, _sendable(group), max_runs, share)
+                        .result()
+                    )
                 except BrokenProcessPool as err:  # the worker died (killed, out of memory)
-                    log.error(f"jobs {group.jobs}: the worker on {device.label} died ({err})")
+                    log.error(f"jobs {group.jobs}: the worker on {label} died ({err})")
                     outcomes[g] = [err] * len(group.specs)
-                    pool.shutdown(cancel_futures=True)
-                    pool = _worker(device)
+                    self.pools[d].shutdown(cancel_futures=True)
+                    self.pools[d] = _worker(self.devices[d])
                 except Exception as err:  # a bug on the way to the worker
                     log.exception(f"jobs {group.jobs} failed")
                     outcomes[g] = [_portable(err)] * len(group.specs)
-        finally:
-            pool.shutdown(cancel_futures=True)
 
-    servers = [threading.Thread(target=serve, args=(d,), daemon=True) for d in devices]
-    for server in servers:
-        server.start()
-    for server in servers:
-        server.join()
-    return outcomes
+        servers = [
+            threading.Thread(target=serve, args=(d,), daemon=True) for d in range(len(self.pools))
+        ]
+        for server in servers:
+            server.start()
+        for server in servers:
+            server.join()
+        return outcomes
 
 
 def _worker(device: Device) -> ProcessPoolExecutor:
-    """A fresh process pinned to `device` (spawned: no CUDA state is inherited)."""
+    """A fresh process pinned to `device` (spawned: no CUDA state is inherited), starting now."""
     context = multiprocessing.get_context("spawn")
-    return ProcessPoolExecutor(1, mp_context=context, initializer=_start, initargs=(device,))
+    pool = ProcessPoolExecutor(1, mp_context=context, initializer=_start, initargs=(device,))
+    pool.submit(importlib.import_module, "xmodal_ft.lockstep")  # what a group needs, imported
+    return pool
 
 
 def _start(device: Device) -> None:

@@ -18,6 +18,7 @@ copy of that config with its overrides applied by Hydra's own code instead (`Com
 config, a test compares them).
 """
 
+import contextlib
 import copy
 import logging
 import math
@@ -82,12 +83,37 @@ class LockstepLauncher(Launcher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
-        from xmodal_ft import dispatch, groups, placement, recipe
+        from xmodal_ft import dispatch, placement
 
         assert self.config is not None and self.hydra_context is not None
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        devices = [] if self.slurm else placement.resolve(self.devices)
+        with contextlib.ExitStack() as stack:
+            workers = stack.enter_context(dispatch.Workers(devices)) if devices else None
+            returns, queues = self._set_up(job_overrides, initial_job_idx)
+            specs = [spec for queue in queues for spec in queue]
+            job_of = [job for job, queue in enumerate(queues) for _ in queue]
+            values = self._train(specs, job_of, returns, workers)
+        for job, ret in enumerate(returns):
+            if ret.status != JobStatus.COMPLETED:
+                continue
+            mine = [v for v, j in zip(values, job_of, strict=True) if j == job]
+            failed = [v for v in mine if isinstance(v, BaseException)]
+            if failed:
+                ret.status, ret.return_value = JobStatus.FAILED, failed[0]
+            else:
+                ret.return_value = sum(mine) / len(mine)
+        return returns
+
+    def _set_up(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
+    ) -> tuple[list[JobReturn], list[list[Any]]]:
+        """Each job through Hydra's `run_job` with `train.py`'s runs queued, not trained: the
+        jobs' returns and each job's queued runs."""
+        from xmodal_ft import recipe
+
         log.info(f"Launching {len(job_overrides)} jobs in lockstep")
         returns, queues = [], []
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
@@ -110,9 +136,15 @@ class LockstepLauncher(Launcher):
                 )
             queues.append([spec for specs in queue for spec in specs])
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        devices = [] if self.slurm else placement.resolve(self.devices)
-        specs = [spec for queue in queues for spec in queue]
-        job_of = [job for job, queue in enumerate(queues) for _ in queue]
+        return returns, queues
+
+    def _train(
+        self, specs: list[Any], job_of: list[int], returns: list[JobReturn], workers: Any
+    ) -> list[float | BaseException]:
+        """Train the runs by lockstep group: as SLURM jobs, on the device `workers`, or here;
+        each run's validation metric or why it failed."""
+        from xmodal_ft import dispatch, groups
+
         log_of = [_log_file(returns[job]) for job in job_of]
         lockstep_groups = [
             dispatch.Group(
@@ -124,27 +156,18 @@ class LockstepLauncher(Launcher):
         if self.slurm:
             folder = Path(str(self.config.hydra.sweep.dir)) / ".submitit" / "%j"
             outcomes = dispatch.on_slurm(lockstep_groups, self.max_runs, dict(self.slurm), folder)
-        elif devices:
-            lockstep_groups = dispatch.split(lockstep_groups, len(devices))
-            labels = ", ".join(device.label for device in devices)
-            log.info(f"{len(lockstep_groups)} groups on {len(devices)} devices ({labels})")
-            outcomes = dispatch.on_devices(lockstep_groups, devices, self.max_runs)
+        elif workers is not None:
+            lockstep_groups = dispatch.split(lockstep_groups, len(workers.devices))
+            labels = ", ".join(device.label for device in workers.devices)
+            log.info(f"{len(lockstep_groups)} groups on {len(workers.devices)} devices ({labels})")
+            outcomes = workers.train(lockstep_groups, self.max_runs)
         else:
             outcomes = dispatch.here(lockstep_groups, self.max_runs)
         values: list[float | BaseException] = [math.nan] * len(specs)
         for group, outcome in zip(lockstep_groups, outcomes, strict=True):
             for i, value in zip(group.index, outcome, strict=True):
                 values[i] = value
-        for job, ret in enumerate(returns):
-            if ret.status != JobStatus.COMPLETED:
-                continue
-            mine = [v for v, j in zip(values, job_of, strict=True) if j == job]
-            failed = [v for v in mine if isinstance(v, BaseException)]
-            if failed:
-                ret.status, ret.return_value = JobStatus.FAILED, failed[0]
-            else:
-                ret.return_value = sum(mine) / len(mine)
-        return returns
+        return values
 
 
 class Composer:
