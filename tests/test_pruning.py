@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import fake_run, make_cfg
-from xmodal_ft import engine, groups, pruning, recipe, report
+from xmodal_ft import engine, groups, pruning, recipe, report, report_plots
 from xmodal_ft.errors import UserError
 from xmodal_ft.pruning import Finished, GroupPruner, Halving, Median
 from xmodal_ft.recipe import RunSpec
@@ -207,6 +207,18 @@ def test_the_report_chooses_among_unpruned_lrs_and_says_which_it_left_out(tmp_pa
         ("0.0001", "0", "0"), ("0.001", "1", "0"), ("0.01", "0", "1"),
     ]  # fmt: skip
     assert "pruned lr 1e-02 left out of the choice" in caplog.text
+
+
+def test_the_lr_plot_crosses_out_the_pruned_lrs(tmp_path, monkeypatch) -> None:
+    for seed in (0, 1):
+        fake_run(tmp_path, 1e-3, seed, 0.6, 0.55)
+        pruned_run(tmp_path, 1e-2, seed, 0.9, 0.9, at=100)
+    figures = []
+    monkeypatch.setattr(report_plots, "_save", lambda fig, path: figures.append(fig) or path)
+    report_plots.lr_curves(report.aggregate(report.load_runs([tmp_path])[0]), tmp_path)
+    for ax in figures[0].axes:
+        (cross,) = [c for c in ax.collections if c.get_label() == "pruned (not chosen from)"]
+        assert cross.get_offsets().tolist() == [[1e-2, 0.9]]
 
 
 def test_a_report_without_pruned_runs_has_no_mark(tmp_path) -> None:

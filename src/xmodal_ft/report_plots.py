@@ -35,7 +35,7 @@ def _err(sem: float) -> float:
 
 def lr_curves(selections: list[Selection], out: Path) -> list[Path]:
     """`lr_<task>_<model>.png`: validation and test metric vs LR (log axis), one line per variant,
-    error bars = SEM over seeds."""
+    error bars = SEM over seeds; LRs a pruner stopped are crossed out (the choice left them out)."""
     paths = []
     for (task, model), group in sorted(_by_task_model(selections).items()):
         schemes = {s.group[3] for s in group}
@@ -51,6 +51,13 @@ def lr_curves(selections: list[Selection], out: Path) -> list[Path]:
                     capsize=3,
                     label=_label(s, schemes),
                 )
+            pruned = [p for p in (p for s in group for p in s.per_lr) if p.pruned]
+            if pruned:
+                ax.scatter(
+                    [p.lr for p in pruned],
+                    [getattr(p, split)[0] for p in pruned],
+                    marker="x", s=80, color="black", zorder=3, label="pruned (not chosen from)",
+                )  # fmt: skip
             ax.set_xscale("log")
             ax.set_xlabel("learning rate")
             ax.set_title(f"{task} / {model}: {split} {group[0].metric}")
