@@ -458,10 +458,6 @@ def _shared(cfgs: Sequence[FitConfig]) -> FitConfig:
     return cfgs[0]
 
 
-def _indices(flags: list[bool]) -> list[int]:
-    return [i for i, flag in enumerate(flags) if flag]
-
-
 def _stack_batches(
     batches: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]],
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:

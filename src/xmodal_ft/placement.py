@@ -48,8 +48,7 @@ class Device:
             cards = visible.split(",") if visible else None
             os.environ["CUDA_VISIBLE_DEVICES"] = cards[self.ids[0]] if cards else str(self.ids[0])
         if cores and hasattr(os, "sched_setaffinity"):
-            os.sched_setaffinity(0, cores)
-            torch.set_num_threads(len(cores))
+            os.sched_setaffinity(0, cores)  # threads=null then gives one torch thread per core
 
 
 def resolve(devices: int | str | Sequence[str] | None) -> list[Device]:
