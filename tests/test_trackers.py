@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -22,12 +23,29 @@ def wandb_records(path: Path) -> list[wandb_internal_pb2.Record]:
         if room < 7 or (length == 0 and kind == 0):
             pos += room
             continue
+        if pos + 7 + length > len(raw):  # a chunk still being written
+            break
         chunk += raw[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):  # FULL or LAST chunk
             out.append(wandb_internal_pb2.Record.FromString(chunk))
             chunk = b""
     return out
+
+
+def finished_records(run_dir: Path, timeout_s: float = 60.0) -> list[wandb_internal_pb2.Record]:
+    """Records of the one W&B run file under `run_dir`, once its exit record is on disk.
+
+    `run.finish()` returns before W&B's service process has flushed the file, so read until the
+    exit record has landed (or fail after `timeout_s`).
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        [run_file] = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+        records = wandb_records(run_file)
+        if any(r.HasField("exit") for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.1)
 
 
 def items(update) -> dict:
@@ -39,8 +57,7 @@ def test_wandb_offline_run_has_config_metrics_and_best_summary(tmp_path) -> None
     cfg = make_cfg("variant=unfrozen_random", "logger=wandb", "logger.project=test")
     run(cfg, run_dir=tmp_path, group="sweep-1", name="lr=0.001,seed=0")
     results = json.loads((tmp_path / "results.json").read_text())
-    [run_file] = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
-    records = wandb_records(run_file)
+    records = finished_records(tmp_path)
     [meta] = [r.run for r in records if r.HasField("run")]
     assert (meta.run_group, meta.display_name, meta.project) == (
         "sweep-1",
@@ -79,8 +96,7 @@ def test_report_logs_its_table_and_plots_to_a_wandb_offline_run(tmp_path) -> Non
     runs, _ = report.load_runs([tmp_path / "runs"])
     paths = report.write(report.aggregate(runs), tmp_path / "out", [])
     report.log_to_wandb(paths, "reports")
-    [run_file] = tmp_path.glob("out/wandb/offline-run-*/run-*.wandb")  # beside the report
-    records = wandb_records(run_file)
+    records = finished_records(tmp_path / "out")  # beside the report
     [meta] = [r.run for r in records if r.HasField("run")]
     assert (meta.project, meta.job_type) == ("reports", "report")
     logged = {}
