@@ -111,6 +111,11 @@ def test_a_sweep_killed_at_a_random_step_and_relaunched_reports_as_an_uninterrup
     finish(reference)
     assert len(list((tmp_path / "killed").glob("*/results.json"))) == runs
     assert tables(tmp_path / "killed") == tables(tmp_path / "reference")
+    for run_dir in unfinished:  # each step logged once, as uninterrupted
+        reference_dir = tmp_path / "reference" / run_dir.name
+        assert (run_dir / "metrics.jsonl").read_text() == (
+            reference_dir / "metrics.jsonl"
+        ).read_text()
 
 
 def grid(sweep_dir: Path) -> list[Path]:

@@ -44,9 +44,8 @@ def trained_alone(root: Path, *overrides: str) -> list[RunSpec]:
     return alone
 
 
-def assert_same_runs(runs: list[RunSpec], alone: list[RunSpec], logs: bool = True) -> None:
-    """Bit for bit: validation history, best step, test metric, and with `logs` every logged
-    loss (a resumed run's metrics.jsonl repeats the steps after its checkpoint)."""
+def assert_same_runs(runs: list[RunSpec], alone: list[RunSpec]) -> None:
+    """Bit for bit: validation history, best step, test metric and every logged loss."""
     for spec, reference in zip(runs, alone, strict=True):
         mine, theirs = (
             json.loads((s.run_dir / "results.json").read_text()) for s in (spec, reference)
@@ -54,9 +53,8 @@ def assert_same_runs(runs: list[RunSpec], alone: list[RunSpec], logs: bool = Tru
         assert mine["history"] == theirs["history"]
         for key in ("config_hash", "val/acc", "test/acc", "best_step", "steps"):
             assert mine[key] == theirs[key], key
-        if logs:
-            losses = [(s.run_dir / "metrics.jsonl").read_text() for s in (spec, reference)]
-            assert losses[0] == losses[1]
+        losses = [(s.run_dir / "metrics.jsonl").read_text() for s in (spec, reference)]
+        assert losses[0] == losses[1]
 
 
 # ---- placement --------------------------------------------------------------------------------
@@ -203,7 +201,7 @@ def test_a_requeued_group_job_resumes_its_runs_from_their_checkpoints(tmp_path) 
     assert all(isinstance(v, float) for v in values)
     log = (job.stdout() or "") + (job.stderr() or "")
     assert "Requeued job" in log and log.count("resumed from") == len(runs), log[-3000:]
-    assert_same_runs(runs, alone, logs=False)
+    assert_same_runs(runs, alone)
 
 
 def _task_of(job: submitit.Job) -> int:

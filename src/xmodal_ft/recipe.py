@@ -267,11 +267,11 @@ def _train(
     tags = [str(cfg[g].name) for g in ("task", "model", "variant", "scheme")]
     trackers, keys = [], []
     try:
-        for spec in specs:
+        for spec, start in zip(specs, starts, strict=True):
             config = _plain(spec.cfg)
             keys.append(record.config_hash(config))
             meta = {"run_dir": spec.run_dir, "config": config, "group": spec.group,
-                    "name": spec.name, "tags": tags}  # fmt: skip
+                    "name": spec.name, "tags": tags, "start_step": start}  # fmt: skip
             trackers.append(record.build_tracker(_plain(cfg.logger), spec.run_dir, meta))
         _check_checkpoint_space(paths, built, plans)
 

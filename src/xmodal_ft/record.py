@@ -50,11 +50,20 @@ class Tracker(Protocol):
 
 
 class LocalTracker:
-    """Appends one JSON line per logged step to `<run_dir>/metrics.jsonl`."""
+    """Appends one JSON line per logged step to `<run_dir>/metrics.jsonl`.
 
-    def __init__(self, run_dir: Path):
+    A run resumed from its checkpoint at `start_step` keeps only the lines logged before that
+    checkpoint was saved (the rest are logged again), so each step appears once.
+    """
+
+    def __init__(self, run_dir: Path, start_step: int = 0):
         run_dir.mkdir(parents=True, exist_ok=True)
-        self._file = (run_dir / METRICS).open("a", encoding="utf-8")
+        path = run_dir / METRICS
+        if path.exists():
+            kept = [line for line in _lines(path) if _logged_before_checkpoint(line, start_step)]
+            with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as file:
+                file.writelines(json.dumps(line) + "\n" for line in kept)
+        self._file = path.open("a", encoding="utf-8")
 
     def log(self, values: dict[str, float], step: int) -> None:
         self._file.write(json.dumps({"step": step, **values}) + "\n")
@@ -65,6 +74,24 @@ class LocalTracker:
 
     def close(self) -> None:
         self._file.close()
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines of `path`; a line cut short by a kill is left out."""
+    lines = []
+    for text in path.read_text(encoding="utf-8").splitlines():
+        try:
+            lines.append(json.loads(text))
+        except json.JSONDecodeError:
+            continue
+    return lines
+
+
+def _logged_before_checkpoint(line: dict[str, Any], step: int) -> bool:
+    """Whether the engine logs `line` before saving the checkpoint of `step`: the steps before
+    it, and the training loss that ends at `step` (its validation pass comes after the save)."""
+    at_step = line.get("step") == step and not any(key.startswith("val/") for key in line)
+    return step > 0 and (line.get("step", step) < step or at_step)
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
@@ -115,8 +142,13 @@ def read_results(run_dir: Path) -> dict[str, Any] | None:
 
 
 def build_tracker(cfg: dict[str, Any], run_dir: Path, meta: dict[str, Any]) -> Tracker:
-    """The tracker of logger option `cfg["name"]`; `meta` carries config, group, name and tags."""
-    builders = {"local": lambda: LocalTracker(run_dir), "wandb": lambda: WandbTracker(cfg, meta)}
+    """The tracker of logger option `cfg["name"]`; `meta` carries config, group, name, tags and
+    the step the run resumes from (`start_step`)."""
+    start = meta.get("start_step", 0)
+    builders = {
+        "local": lambda: LocalTracker(run_dir, start),
+        "wandb": lambda: WandbTracker(cfg, meta),
+    }
     if cfg["name"] not in builders:
         raise ValueError(f"unknown logger {cfg['name']!r}; choose one of: {', '.join(builders)}")
     return builders[cfg["name"]]()
@@ -174,7 +206,7 @@ class WandbTracker:
             raise UserError(
                 f"logger=wandb: {err}; run `wandb login`, or set WANDB_MODE=offline"
             ) from err
-        self._local = LocalTracker(run_dir)
+        self._local = LocalTracker(run_dir, meta.get("start_step", 0))
 
     def log(self, values: dict[str, float], step: int) -> None:
         self._local.log(values, step)
