@@ -308,3 +308,14 @@ def test_two_launches_of_one_sweep_dir_at_once_train_each_run_exactly_once(
     trainers = {result["pid"] for result in twice.values()}
     assert held or len(trainers) == 2, "the launches did not overlap: nothing was tested"
     assert not list((tmp_path / "sweep").rglob("lease.json"))
+
+
+def test_live_holder_names_a_live_lease_and_none_for_free_or_stale(tmp_path):
+    run_dir = tmp_path / "run"
+    assert lease.live_holder(run_dir) is None
+    held = lease.acquire(run_dir)
+    holder = lease.live_holder(run_dir)
+    assert holder is not None and holder.token == held.token
+    assert lease.live_holder(run_dir, timeout_s=-1.0) is None  # its heartbeat counts as stale
+    held.release()
+    assert lease.live_holder(run_dir) is None

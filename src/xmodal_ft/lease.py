@@ -142,6 +142,13 @@ def acquire(run_dir: Path, timeout_s: float = TIMEOUT_S) -> Lease:
             time.sleep(0.01)  # another taker is removing it: look again
 
 
+def live_holder(run_dir: Path, timeout_s: float = TIMEOUT_S) -> Holder | None:
+    """The live holder of `run_dir`'s lease; None when the run dir has no lease or a stale one
+    (what a sweeper asks before it judges a trial's runs dead)."""
+    holder = _read(Path(run_dir) / LEASE)
+    return None if holder is None or _stale(holder, timeout_s) else holder
+
+
 def _stale(holder: Holder, timeout_s: float) -> bool:
     here = holder.host == HOST and holder.pid_namespace == PID_NAMESPACE
     if here and not _alive(holder.pid):
