@@ -1,0 +1,3 @@
+from xmodal_ft.claims.cli import main
+
+main()
