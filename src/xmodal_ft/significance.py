@@ -100,7 +100,7 @@ def _satterthwaite(variances: Sequence[float], dfs: Sequence[float]) -> float:
 
 
 @dataclass(frozen=True)
-class Test:
+class Comparison:
     """Is A ahead of B? One-sided Welch: `t` is the difference in SE units, `p` its p-value (nan
     when a spread is unknown)."""
 
@@ -133,20 +133,20 @@ class Test:
 
 
 @lru_cache(maxsize=None)
-def ahead(a: Estimate, b: Estimate) -> Test:
+def ahead(a: Estimate, b: Estimate) -> Comparison:
     """Welch's one-sided t-test from summary statistics: is A's mean above B's?"""
     variances = [a.se**2, b.se**2]
     se = math.sqrt(sum(variances))
     if math.isnan(se):
-        return Test(a, b, math.nan, math.nan, math.nan)
+        return Comparison(a, b, math.nan, math.nan, math.nan)
     if se == 0:  # identical seeds on both sides: the difference is exact
         p = 0.0 if a.mean > b.mean else 1.0 if a.mean < b.mean else 0.5
-        return Test(a, b, math.copysign(math.inf, a.mean - b.mean), math.inf, p)
+        return Comparison(a, b, math.copysign(math.inf, a.mean - b.mean), math.inf, p)
     result = stats.ttest_ind_from_stats(
         a.mean, a.sd, a.n, b.mean, b.sd, b.n, equal_var=False, alternative="greater"
     )
     df = _satterthwaite(variances, [a.df, b.df])
-    return Test(a, b, float(result.statistic), df, float(result.pvalue))
+    return Comparison(a, b, float(result.statistic), df, float(result.pvalue))
 
 
 def holm(ps: Sequence[float]) -> list[float]:

@@ -9,14 +9,14 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Literal
 
-from xmodal_ft.significance import ALPHA, Test, holm
+from xmodal_ft.significance import ALPHA, Comparison, holm
 
 
 @dataclass(frozen=True)
 class Check:
     """A test and the outcome the claim needs from it: significant, or not significant."""
 
-    test: Test
+    test: Comparison
     significant: bool
     label: str = ""  # where it was made, when a clause has several (e.g. "at lr 1e-4")
 
@@ -36,16 +36,16 @@ class Part:
     key: str = ""  # a short name, listed where a verdict holds when some part does (an LR)
 
     @property
-    def tests(self) -> list[Test]:
+    def tests(self) -> list[Comparison]:
         return [c.test for clause in self.clauses for c in clause]
 
 
-def single(test: Test, significant: bool) -> tuple[Clause, ...]:
+def single(test: Comparison, significant: bool) -> tuple[Clause, ...]:
     """The clauses of a part made of one check."""
     return ((Check(test, significant),),)
 
 
-def both(tests: Iterable[tuple[str, Test]], significant: bool) -> tuple[Clause, ...]:
+def both(tests: Iterable[tuple[str, Comparison]], significant: bool) -> tuple[Clause, ...]:
     """The clauses of a part that needs every (label, test) to come out the same way."""
     return tuple((Check(t, significant, label),) for label, t in tests)
 
@@ -64,7 +64,7 @@ class Verdict:
     observation: bool = False
 
     @cached_property
-    def tests(self) -> list[Test]:
+    def tests(self) -> list[Comparison]:
         """The verdict's tests with a p-value: the family Holm adjusts over."""
         return [t for p in self.parts for t in p.tests if not math.isnan(t.p)]
 
@@ -72,7 +72,7 @@ class Verdict:
     def _holm(self) -> dict[int, float]:
         return dict(zip(map(id, self.tests), holm([t.p for t in self.tests]), strict=True))
 
-    def p(self, test: Test, adjusted: bool = False) -> float:
+    def p(self, test: Comparison, adjusted: bool = False) -> float:
         """A test's p-value, plain or Holm-adjusted over this verdict's tests."""
         return self._holm.get(id(test), math.nan) if adjusted else test.p
 
