@@ -55,7 +55,9 @@ class Estimate:
         return self.n - 1
 
     def __str__(self) -> str:
-        spread = "" if math.isnan(self.sd) else f" ± {100 * self.se:.1f}"
+        """`98.5 ± 0.1`: mean ± SE in points; an SE below 0.1 to two decimals (`± 0.03`)."""
+        se = 100 * self.se
+        spread = "" if math.isnan(se) else f" ± {se:.1f}" if se >= 0.095 else f" ± {se:.2f}"
         return f"{100 * self.mean:.1f}{spread}"
 
 
