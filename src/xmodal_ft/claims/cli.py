@@ -34,7 +34,9 @@ def parser() -> argparse.ArgumentParser:
                    help="--published: read the table's error as the SEM or the SD over 3 runs")
     p.add_argument("--alpha", type=float, default=ALPHA, help="significance level (one-sided)")
     p.add_argument("--summary", action="store_true",
-                   help="the claims and a verdict per cell, without the numbers")  # fmt: skip
+                   help="the claims and a verdict per cell, without the numbers")
+    p.add_argument("--no-quotes", dest="quotes", action="store_false",
+                   help="name each claim instead of quoting it with its readings")  # fmt: skip
     return p
 
 
@@ -59,7 +61,7 @@ def text(argv: list[str]) -> str:
         source = ", ".join(map(str, args.dirs))
     if not any(vs for _, vs in variants):
         raise ClaimsError(f"no (task, model) in {source} has the {paper} cells")
-    return render(paper, source, claims, variants, args.summary)
+    return render(paper, source, claims, variants, args.summary, args.quotes)
 
 
 def _errors(paper: str, errors: list[str]) -> str:

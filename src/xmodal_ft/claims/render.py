@@ -27,12 +27,18 @@ def rule_line(alpha: float = ALPHA) -> str:
 
 
 def render(
-    paper: str, source: str, claims: Sequence[Claim], variants: Variants, summary: bool = False
+    paper: str,
+    source: str,
+    claims: Sequence[Claim],
+    variants: Variants,
+    summary: bool = False,
+    quotes: bool = True,
 ) -> str:
-    """The whole check: title, the test, each claim with its verdicts, the observations."""
+    """The whole check: title, the test, each claim (quoted, unless not `quotes`) with its
+    verdicts (a row per part, or as a `summary` a verdict per cell), the observations."""
     lines = [f"**{PAPERS[paper]}**, checked on {source}.", "", rule_line(_alpha(variants)), ""]
     for claim in claims:
-        lines += claim_header(claim)
+        lines += claim_header(claim) if quotes else [f"**({claim.key})** {_short(claim)}", ""]
         found = [(label, [v for v in vs if v.claim == claim.key]) for label, vs in variants]
         untested = _untested_everywhere(found)
         if untested:
@@ -58,6 +64,12 @@ def claim_header(claim: Claim) -> list[str]:
     lines += [f"Cells: {claim.cells_why}.", "", "Our readings:"]
     lines += [f"- **{r.key}**: {r.tests}. Why: {r.why}." for r in claim.readings]
     return [*lines, ""]
+
+
+def _short(claim: Claim) -> str:
+    """A claim without its sentence: its first words and its readings."""
+    words = claim.quote.text.split()
+    return f"\"{' '.join(words[:8])} ...\" (readings: {', '.join(r.key for r in claim.readings)})"
 
 
 def _untested_everywhere(found: Variants) -> str:
@@ -116,11 +128,12 @@ def numbers(v: Verdict, part: Part) -> str:
 def matrix(found: Variants) -> list[str]:
     """A verdict per cell (columns) for each reading (and error reading): plain, Holm if other."""
     cells = list(dict.fromkeys(v.where for _, vs in found for v in vs))
+    readings = list(dict.fromkeys(v.reading for _, vs in found for v in vs))
     named = len(found) > 1
     head = ["reading", *(["error"] if named else []), *cells]
     lines = [_row(head), "|---" * len(head) + "|"]
-    for label, vs in found:
-        for reading in dict.fromkeys(v.reading for v in vs):
+    for reading in readings:
+        for label, vs in found:
             by_cell = {v.where: v for v in vs if v.reading == reading}
             row = [reading, *([label] if named else [])]
             lines.append(_row(row + [_both(by_cell[c]) if c in by_cell else "" for c in cells]))
@@ -138,14 +151,16 @@ def over_cells_lines(claim: Claim, found: Variants) -> list[str]:
     for label, vs in found:
         for oc in over_cells(vs, {claim.key: claim.cells}):
             agree, tested = oc.count()
-            holm_agree, _ = oc.count(True)
-            lo, hi = alpha_interval(lambda a, oc=oc: oc.at(a).holds(), _ps(oc))
             where = f"{oc.reading}{f', error as {label}' if label else ''}"
-            lines.append(
-                f"- Over cells ({QUANTIFIERS[claim.cells]}), {where}: **{_both(oc)}**: {agree} of {tested} "
-                f"tested cells agree (Holm: {holm_agree}); the same verdict for any α in "
-                f"({fmt_p(lo)}, {fmt_p(hi)}]."
-            )
+            head = f"- Over cells ({QUANTIFIERS[claim.cells]}), {where}: **{_both(oc)}**"
+            if not tested:
+                lines.append(f"{head}: no cell could be tested.")
+                continue
+            text = f"{head}: {agree} of {tested} tested cells agree (Holm: {oc.count(True)[0]})"
+            if _ps(oc):
+                lo, hi = alpha_interval(lambda a, oc=oc: oc.at(a).holds(), _ps(oc))
+                text += f"; the plain verdict stays for any α in ({fmt_p(lo)}, {fmt_p(hi)}]"
+            lines.append(text + ".")
     return [*lines, ""]
 
 
