@@ -6,8 +6,8 @@
 A section stands between `<!-- generated: SPEC -->` and `<!-- end generated -->`. SPEC is a
 command of the tool (`python -m xmodal_ft.claims ARGS`: the section is its output) or one of
 `SECTIONS` with a runs dir (paths relative to the working directory: run it from the checkout's
-root). Everything else on the page is hand-written; tests/test_reproduction.py checks that every
-number in it is one the generated sections print.
+root). Everything else on the page is hand-written, and every number in it must be one the
+generated sections print: both commands refuse a page with another (tests/test_reproduction.py).
 """
 
 from __future__ import annotations
@@ -31,6 +31,12 @@ SECTIONS: dict[str, Callable[[str], str]] = {
 }
 MARKED = re.compile(r"(<!-- generated: (?P<spec>.+?) -->\n)(?P<body>.*?)(<!-- end generated -->)",
                     re.S)  # fmt: skip
+
+
+# A number in the text: 2,000 / 84.1 / 3.16e-6; not a digit inside a name (GPT-2, L6, mnist_lr).
+NUMBER = re.compile(r"(?<![\w.\-/])(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?(?:e-?\d+)?)(?![\w/])")
+NOT_PROSE = re.compile(r"<!-- generated: .+? -->\n.*?<!-- end generated -->|```.*?```|`[^`\n]*`"
+                       r"|<!--.*?-->|\]\([^)]*\)", re.S)  # fmt: skip
 
 
 class PageError(ValueError):
@@ -70,6 +76,19 @@ def _body(spec: str) -> str:
     return body
 
 
+def unprinted(text: str) -> list[str]:
+    """The numbers of the page's hand-written text (outside generated sections, code and link
+    targets) that no generated section prints."""
+    printed = " ".join(body for _, body in sections(text))
+    return [n for n in numbers(text) if not re.search(rf"(?<![\w.]){re.escape(n)}(?!\w|\.\d)",
+                                                      printed)]  # fmt: skip
+
+
+def numbers(text: str) -> list[str]:
+    """The numbers of the page's hand-written text."""
+    return NUMBER.findall(NOT_PROSE.sub(" ", text))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m xmodal_ft.claims.page",
                                      description=__doc__.split("\n")[0])  # fmt: skip
@@ -81,6 +100,10 @@ def main(argv: list[str] | None = None) -> None:
         new = regenerate(text)
     except (OSError, PageError) as err:
         parser.exit(2, f"claims.page: error: {err}\n")
+    missing = unprinted(new)
+    if missing:
+        parser.exit(1, "numbers in the hand-written text that no section prints: "
+                    + ", ".join(missing) + "\n")  # fmt: skip
     if args.check:
         stale = [spec for (spec, body), (_, fresh) in zip(sections(text), sections(new),
                                                             strict=True) if body != fresh]  # fmt: skip

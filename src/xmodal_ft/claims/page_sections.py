@@ -111,8 +111,9 @@ def facts(directory: str) -> str:
         f"- {len(runs)} runs: {len(groups)} settings, {len(lrs)} LR(s) "
         f"({', '.join(fmt_lr(lr) for lr in sorted(lrs))}), {len(seeds)} seeds each; "
         f"{_budget(runs[0])}, validation every {config['eval_every']} steps.",
-        f"- Data: {task['n_train']:,} training examples; validation on {config['val_subset']:,} "
-        f"held-out examples; test on {_test_size(runs[0], records):,} examples.",
+        f"- Data: {task['n_train']:,} training examples{_cut(task)}; validation on "
+        f"{config['val_subset']:,} held-out examples; test on {_test_size(runs[0], records):,} "
+        "examples.",
         _best_steps(runs, selections, records),
         _wall(runs, records),
     ]
@@ -122,6 +123,13 @@ def facts(directory: str) -> str:
     if paper is not None:
         lines.append(f"- The papers' budget: {paper.text}.")
     return "\n".join(lines) + "\n"
+
+
+def _cut(task: dict) -> str:
+    """How a task's examples are cut into tokens, where its config says."""
+    if task.get("patch_size"):
+        return f" ({task['patch_size']}×{task['patch_size']} patches)"
+    return f" (cut at {task['max_len']} tokens)" if task.get("max_len") else ""
 
 
 def _test_size(run: Run, records: dict[Path, dict]) -> int:
