@@ -123,7 +123,9 @@ def test_survey_sentence_per_cell_and_reading_on_its_own_table() -> None:
     verdicts = [v for v in found if not v.observation]
     assert {(v.where, v.reading): v.label() for v in verdicts} == SURVEY_PINNED
     assert {(v.where, v.reading): v.label(True) for v in verdicts} == SURVEY_PINNED
-    cola = next(v for v in verdicts if v.where == "cola, bert, without adapter" and v.reading == "each")
+    cola = next(
+        v for v in verdicts if v.where == "cola, bert, without adapter" and v.reading == "each"
+    )
     assert claims.render.numbers(cola, cola.parts[0]) == (
         "77.2 ± 1.3 vs 74.2 ± 1.4: +3.0 = +1.6 SE, df 2080, p 0.055 (Holm 0.063); "
         "one seed: test-set test, weaker"

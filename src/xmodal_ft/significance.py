@@ -27,7 +27,7 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Literal
 
 from scipy import stats
@@ -134,7 +134,7 @@ class Comparison:
         return text + ("; one seed: test-set test, weaker" if self.weak else "")
 
 
-@lru_cache(maxsize=None)
+@cache
 def ahead(a: Estimate, b: Estimate) -> Comparison:
     """Welch's one-sided t-test from summary statistics: is A's mean above B's?"""
     variances = [a.se**2, b.se**2]

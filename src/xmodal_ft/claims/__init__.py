@@ -19,5 +19,21 @@ from xmodal_ft.claims.rothermel import rothermel2021
 from xmodal_ft.claims.survey import survey
 from xmodal_ft.claims.verdicts import OverCells, Part, Verdict, over_cells
 
-__all__ = ["CHECKS", "CLAIMS", "ROTHERMEL", "SURVEY", "Claim", "ClaimsError", "OverCells", "Part",
-           "Quote", "Reading", "Verdict", "main", "over_cells", "rothermel2021", "survey", "text"]
+__all__ = [
+    "CHECKS",
+    "CLAIMS",
+    "ROTHERMEL",
+    "SURVEY",
+    "Claim",
+    "ClaimsError",
+    "OverCells",
+    "Part",
+    "Quote",
+    "Reading",
+    "Verdict",
+    "main",
+    "over_cells",
+    "rothermel2021",
+    "survey",
+    "text",
+]

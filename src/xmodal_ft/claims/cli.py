@@ -28,13 +28,23 @@ def parser() -> argparse.ArgumentParser:
                                 description=claims.__doc__.split("\n")[0])  # fmt: skip
     p.add_argument("dirs", nargs="*", type=Path, help="multirun dirs (searched recursively)")
     p.add_argument("--paper", choices=sorted(CHECKS), default="rothermel2021")
-    p.add_argument("--published", choices=sorted(CHECKS),
-                   help="check a paper's claims on its own published table instead of runs")
-    p.add_argument("--error", choices=[*published.ERRORS, "both"], default="both",
-                   help="--published: read the table's error as the SEM or the SD over 3 runs")
+    p.add_argument(
+        "--published",
+        choices=sorted(CHECKS),
+        help="check a paper's claims on its own published table instead of runs",
+    )
+    p.add_argument(
+        "--error",
+        choices=[*published.ERRORS, "both"],
+        default="both",
+        help="--published: read the table's error as the SEM or the SD over 3 runs",
+    )
     p.add_argument("--alpha", type=float, default=ALPHA, help="significance level (one-sided)")
-    p.add_argument("--summary", action="store_true",
-                   help="the claims and a verdict per cell, without the numbers")
+    p.add_argument(
+        "--summary",
+        action="store_true",
+        help="the claims and a verdict per cell, without the numbers",
+    )
     p.add_argument("--no-quotes", dest="quotes", action="store_false",
                    help="name each claim instead of quoting it with its readings")  # fmt: skip
     return p
@@ -68,7 +78,7 @@ def _errors(paper: str, errors: list[str]) -> str:
     if paper != "rothermel2021":
         return "no errors published: one seed per row, tested on the test set"
     read = " and as ".join(f"{e.upper()} ({published.ERRORS[e]})" for e in errors)
-    return f"\"error over 3 runs\" read as {read}; a published 0.0 floored at {published.FLOOR:g}"
+    return f'"error over 3 runs" read as {read}; a published 0.0 floored at {published.FLOOR:g}'
 
 
 def main(argv: list[str] | None = None) -> None:

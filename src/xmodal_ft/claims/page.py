@@ -34,7 +34,9 @@ MARKED = re.compile(r"(<!-- generated: (?P<spec>.+?) -->\n)(?P<body>.*?)(<!-- en
 
 
 # A number in the text: 2,000 / 84.1 / 3.16e-6; not a digit inside a name (GPT-2, L6, mnist_lr).
-NUMBER = re.compile(r"(?<![\w.\-/])(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?(?:e-?\d+)?)(?![\w/])")
+NUMBER = re.compile(
+    r"(?<![\w.\-/])(\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?(?:e-?\d+)?)(?![\w/])"
+)
 NOT_PROSE = re.compile(r"<!-- generated: .+? -->\n.*?<!-- end generated -->|```.*?```|`[^`\n]*`"
                        r"|<!--.*?-->|\]\([^)]*\)", re.S)  # fmt: skip
 
@@ -80,8 +82,12 @@ def unprinted(text: str) -> list[str]:
     """The numbers of the page's hand-written text (outside generated sections, code and link
     targets) that no generated section prints."""
     printed = " ".join(body for _, body in sections(text))
-    return [n for n in numbers(text) if not re.search(rf"(?<![\w.]){re.escape(n)}(?!\w|\.\d)",
-                                                      printed)]  # fmt: skip
+    return [n for n in numbers(text) if not re.search(_printed_as(n), printed)]
+
+
+def _printed_as(number: str) -> str:
+    """`number` as a whole number in the output: not inside another, nor an exponent."""
+    return rf"(?<![\w.])(?<!e-){re.escape(number)}(?!\w|\.\d)"
 
 
 def numbers(text: str) -> list[str]:
@@ -105,8 +111,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.exit(1, "numbers in the hand-written text that no section prints: "
                     + ", ".join(missing) + "\n")  # fmt: skip
     if args.check:
-        stale = [spec for (spec, body), (_, fresh) in zip(sections(text), sections(new),
-                                                            strict=True) if body != fresh]  # fmt: skip
+        pairs = zip(sections(text), sections(new), strict=True)
+        stale = [spec for (spec, body), (_, fresh) in pairs if body != fresh]
         if stale:
             parser.exit(1, "stale sections (regenerate the page): " + "; ".join(stale) + "\n")
         return

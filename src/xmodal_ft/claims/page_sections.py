@@ -92,7 +92,8 @@ def survey_table(directory: str) -> str:
         if r["task"] == task and key in ours:
             mean = statistics.fmean(run.tests["acc"] for run in ours[key].runs)
             sem = statistics.stdev(run.tests["acc"] for run in ours[key].runs) / math.sqrt(
-                len(ours[key].runs))
+                len(ours[key].runs)
+            )
             lines.append(f"| {' | '.join(key)} | {_pm((mean, sem))} | "
                          f"{100 * float(r['val_acc']):.1f} |")  # fmt: skip
     return "\n".join(lines) + "\n"
@@ -178,7 +179,9 @@ def _early(runs: list[Run], records: dict[Path, dict]) -> str:
     text = f"- {len(runs) - len(full)} of {len(runs)} runs stopped early; {len(full)} reached the "
     text += f"budget of {budget:,} steps"
     if passed:
-        text += f": {len(passed)} past their best by {passed[0]:.1f}–{passed[-1]:.1f} validation points"
+        text += (
+            f": {len(passed)} past their best by {passed[0]:.1f}–{passed[-1]:.1f} validation points"
+        )
     if at_best:
         text += f", {len(at_best)} at their best at the last validation: {', '.join(at_best)}"
     return text + "."

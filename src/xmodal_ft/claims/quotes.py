@@ -59,121 +59,175 @@ UNQUALIFIED = "stated without exception: every cell"
 ROTHERMEL = (
     Claim(
         "a",
-        Quote("rothermel2021", "Results",
-              "In all cases the Unfrozen variants outperform the Frozen variants significantly."),
-        (
-            Reading("each", "every unfrozen variant significantly ahead of every frozen one at the "
-                    "chosen LRs: 4 tests per cell",
-                    "the literal reading: the plural names both variants of each kind, and the "
-                    "Contribution says it of FPT against both unfrozen variants (\"FPTs "
-                    "significantly underperform unfrozen models\")"),
-            Reading("better", "the better unfrozen variant (by mean) significantly ahead of each "
-                    "frozen one: 2 tests per cell",
-                    "each kind stood for by its best variant, as one picks a method; weaker than "
-                    "\"each\" (this tool's only reading before)"),
+        Quote(
+            "rothermel2021",
+            "Results",
+            "In all cases the Unfrozen variants outperform the Frozen variants significantly.",
         ),
-        "all", "\"In all cases\": every cell",
+        (
+            Reading(
+                "each",
+                "every unfrozen variant significantly ahead of every frozen one at the "
+                "chosen LRs: 4 tests per cell",
+                "the literal reading: the plural names both variants of each kind, and the "
+                'Contribution says it of FPT against both unfrozen variants ("FPTs '
+                'significantly underperform unfrozen models")',
+            ),
+            Reading(
+                "better",
+                "the better unfrozen variant (by mean) significantly ahead of each "
+                "frozen one: 2 tests per cell",
+                "each kind stood for by its best variant, as one picks a method; weaker than "
+                '"each" (this tool\'s only reading before)',
+            ),
+        ),
+        "all",
+        '"In all cases": every cell',
         also=(CONTRIBUTION,),
     ),
     Claim(
         "b",
-        Quote("rothermel2021", ACROSS_LRS,
-              "Note that the optimal learning rate for the Unfrozen variants is generally "
-              "substantially lower than that of the Frozen variants."),
-        (
-            Reading("half-decade", "per cell, the higher chosen LR of the two unfrozen variants at "
-                    f"least {HALF_DECADE:g} decade (a factor √10) below the lower chosen LR of the "
-                    "two frozen ones; the LRs as chosen, no test",
-                    "\"substantially\" needs a size: half a decade is one step of the paper's "
-                    "log-spaced grid as we run it (sweep=lr_grid), the smallest gap such a sweep "
-                    "shows, and a gap in decades does not depend on the grid; the gap per cell "
-                    "is printed for any other threshold"),
+        Quote(
+            "rothermel2021",
+            ACROSS_LRS,
+            "Note that the optimal learning rate for the Unfrozen variants is generally "
+            "substantially lower than that of the Frozen variants.",
         ),
-        "most", "\"generally\": in most cells (more than half of those tested), not all",
+        (
+            Reading(
+                "half-decade",
+                "per cell, the higher chosen LR of the two unfrozen variants at "
+                f"least {HALF_DECADE:g} decade (a factor √10) below the lower chosen LR of the "
+                "two frozen ones; the LRs as chosen, no test",
+                '"substantially" needs a size: half a decade is one step of the paper\'s '
+                "log-spaced grid as we run it (sweep=lr_grid), the smallest gap such a sweep "
+                "shows, and a gap in decades does not depend on the grid; the gap per cell "
+                "is printed for any other threshold",
+            ),
+        ),
+        "most",
+        '"generally": in most cells (more than half of those tested), not all',
     ),
     Claim(
         "c",
         CONTRIBUTION,
         (
-            Reading("not-behind", "unfrozen pretrained not significantly behind unfrozen random "
-                    "at the chosen LRs: 1 test per cell",
-                    "\"training from scratch\" is the same architecture from random weights with "
-                    "every weight trained: unfrozen random; \"match or outperform\" is \"not "
-                    "behind\", and with a few seeds a test can only show \"not significantly "
-                    "behind\" (it cannot tell a match from too few seeds: the gap is printed)"),
+            Reading(
+                "not-behind",
+                "unfrozen pretrained not significantly behind unfrozen random "
+                "at the chosen LRs: 1 test per cell",
+                '"training from scratch" is the same architecture from random weights with '
+                'every weight trained: unfrozen random; "match or outperform" is "not '
+                'behind", and with a few seeds a test can only show "not significantly '
+                'behind" (it cannot tell a match from too few seeds: the gap is printed)',
+            ),
         ),
-        "all", UNQUALIFIED,
+        "all",
+        UNQUALIFIED,
     ),
     Claim(
         "d1",
-        Quote("rothermel2021", ACROSS_LRS,
-              "The dashed red line shows the learning rate used across experiments by Lu et al. "
-              "(though some of their Unfrozen Random results came from the Long Range Arena "
-              "benchmark where the hyperparameters were tuned separately)."),
-        (
-            Reading("lu-lr", f"at lr {LU}, FPT not significantly behind either unfrozen "
-                    "variant: 2 tests per cell",
-                    "\"their results\" in (d3) are Lu et al.'s, from this single LR: FPT doing as "
-                    f"well as the unfrozen variants. {LU} is the learning rate this project "
-                    "takes for Lu et al.'s (the text only draws it); as the sentence says, some "
-                    "of their unfrozen random results were tuned separately, not run at it"),
+        Quote(
+            "rothermel2021",
+            ACROSS_LRS,
+            "The dashed red line shows the learning rate used across experiments by Lu et al. "
+            "(though some of their Unfrozen Random results came from the Long Range Arena "
+            "benchmark where the hyperparameters were tuned separately).",
         ),
-        "all", UNQUALIFIED,
+        (
+            Reading(
+                "lu-lr",
+                f"at lr {LU}, FPT not significantly behind either unfrozen "
+                "variant: 2 tests per cell",
+                '"their results" in (d3) are Lu et al.\'s, from this single LR: FPT doing as '
+                f"well as the unfrozen variants. {LU} is the learning rate this project "
+                "takes for Lu et al.'s (the text only draws it); as the sentence says, some "
+                "of their unfrozen random results were tuned separately, not run at it",
+            ),
+        ),
+        "all",
+        UNQUALIFIED,
     ),
     Claim(
         "d2",
-        Quote("rothermel2021", ACROSS_LRS,
-              "If choosing a single learning rate to evaluate on, the conclusions drawn depend "
-              "on which learning rate is chosen."),
-        (
-            Reading("reversal", "for some pair of variants, one significantly ahead at a shared LR "
-                    "of the grid and the other significantly ahead at another: 12 tests per "
-                    "shared LR (6 pairs, both directions)",
-                    "a conclusion drawn from one LR is a significant comparison of two variants; "
-                    "it depends on the LR when another LR of the grid reverses it"),
-            Reading("order", "the order of the four variants by mean test accuracy differs between "
-                    "two shared LRs of the grid; no test",
-                    "\"conclusions\" read as the ranking a table at one LR shows; weaker: noise "
-                    "alone reorders close means"),
+        Quote(
+            "rothermel2021",
+            ACROSS_LRS,
+            "If choosing a single learning rate to evaluate on, the conclusions drawn depend "
+            "on which learning rate is chosen.",
         ),
-        "all", UNQUALIFIED,
+        (
+            Reading(
+                "reversal",
+                "for some pair of variants, one significantly ahead at a shared LR "
+                "of the grid and the other significantly ahead at another: 12 tests per "
+                "shared LR (6 pairs, both directions)",
+                "a conclusion drawn from one LR is a significant comparison of two variants; "
+                "it depends on the LR when another LR of the grid reverses it",
+            ),
+            Reading(
+                "order",
+                "the order of the four variants by mean test accuracy differs between "
+                "two shared LRs of the grid; no test",
+                '"conclusions" read as the ranking a table at one LR shows; weaker: noise '
+                "alone reorders close means",
+            ),
+        ),
+        "all",
+        UNQUALIFIED,
     ),
     Claim(
         "d3",
-        Quote("rothermel2021", ACROSS_LRS,
-              "And, as seen in the plots, choosing a lower learning rate would have inverted "
-              "their results."),
-        (
-            Reading("lower-lr", f"at some single LR below {LU} shared by the variants, both "
-                    "unfrozen variants significantly ahead of FPT: 2 tests per LR below "
-                    f"{LU}, every LR where it holds printed",
-                    "\"their results\": FPT not behind the unfrozen variants at Lu et al.'s LR "
-                    "(d1); inverted, both unfrozen variants are ahead of it; \"a lower learning "
-                    "rate\" is one LR for every variant, not each variant at its own chosen LR "
-                    "(that is (a))"),
+        Quote(
+            "rothermel2021",
+            ACROSS_LRS,
+            "And, as seen in the plots, choosing a lower learning rate would have inverted "
+            "their results.",
         ),
-        "all", UNQUALIFIED,
+        (
+            Reading(
+                "lower-lr",
+                f"at some single LR below {LU} shared by the variants, both "
+                "unfrozen variants significantly ahead of FPT: 2 tests per LR below "
+                f"{LU}, every LR where it holds printed",
+                '"their results": FPT not behind the unfrozen variants at Lu et al.\'s LR '
+                '(d1); inverted, both unfrozen variants are ahead of it; "a lower learning '
+                'rate" is one LR for every variant, not each variant at its own chosen LR '
+                "(that is (a))",
+            ),
+        ),
+        "all",
+        UNQUALIFIED,
     ),
 )
 
 SURVEY = (
     Claim(
         "s",
-        Quote("survey", "Experiment Results",
-              "As we can see from the tables and performance plots, the Fixed, Nesterov, and "
-              "Fixed with Triangle Scheduler learning slightly outperformed the Differential "
-              "Learning Rate and Gradual Unfreezing implementations, with and without an adapter "
-              "added to the transformer."),
-        (
-            Reading("group", "the three schemes' mean accuracy significantly ahead of the two's, "
-                    "and none of the three significantly behind any of the two: 7 tests per cell",
-                    "the schemes as two groups: ahead on average, and with \"slightly\" no pair "
-                    "need differ significantly, but none may be reversed"),
-            Reading("each", "each of the three significantly ahead of each of the two: 6 tests "
-                    "per cell",
-                    "the literal pairwise reading of \"outperformed\""),
+        Quote(
+            "survey",
+            "Experiment Results",
+            "As we can see from the tables and performance plots, the Fixed, Nesterov, and "
+            "Fixed with Triangle Scheduler learning slightly outperformed the Differential "
+            "Learning Rate and Gradual Unfreezing implementations, with and without an adapter "
+            "added to the transformer.",
         ),
-        "all", "\"with and without an adapter\", on both tasks: every cell; \"slightly\" sets "
+        (
+            Reading(
+                "group",
+                "the three schemes' mean accuracy significantly ahead of the two's, "
+                "and none of the three significantly behind any of the two: 7 tests per cell",
+                'the schemes as two groups: ahead on average, and with "slightly" no pair '
+                "need differ significantly, but none may be reversed",
+            ),
+            Reading(
+                "each",
+                "each of the three significantly ahead of each of the two: 6 tests per cell",
+                'the literal pairwise reading of "outperformed"',
+            ),
+        ),
+        "all",
+        '"with and without an adapter", on both tasks: every cell; "slightly" sets '
         "no size to test (the gaps are printed). Accuracy on CoLA too (the survey reports it, not "
         "MCC); Triangle Scheduler = slanted triangular, Differential = discriminative",
     ),
@@ -181,7 +235,7 @@ SURVEY = (
 
 CLAIMS = {c.key: c for c in (*ROTHERMEL, *SURVEY)}
 PAPERS = {
-    "rothermel2021": "Rothermel et al. (2021), \"A Closer Look at Cross-modal Transfer of "
-    "Pretrained Transformers\"",
-    "survey": "Lawless & Pachgade, \"Survey of Finetuning Techniques\"",
+    "rothermel2021": 'Rothermel et al. (2021), "A Closer Look at Cross-modal Transfer of '
+    'Pretrained Transformers"',
+    "survey": 'Lawless & Pachgade, "Survey of Finetuning Techniques"',
 }

@@ -10,7 +10,9 @@ from xmodal_ft.claims.quotes import PAPERS, Claim
 from xmodal_ft.claims.verdicts import LABELS, OverCells, Part, Verdict, alpha_interval, over_cells
 from xmodal_ft.significance import ALPHA, fmt_p
 
-Variants = Sequence[tuple[str, list[Verdict]]]  # (label, e.g. how a published error is read; verdicts)
+Variants = Sequence[
+    tuple[str, list[Verdict]]
+]  # (label, e.g. how a published error is read; verdicts)
 MARKS = {True: "yes", False: "no", None: "—"}
 QUANTIFIERS = {"all": "every cell", "most": "most cells"}
 
@@ -18,8 +20,9 @@ QUANTIFIERS = {"all": "every cell", "most": "most cells"}
 def rule_line(alpha: float = ALPHA) -> str:
     """How every comparison is decided."""
     return (
-        "Each comparison: Welch's t-test from summary statistics (scipy.stats.ttest_ind_from_stats), "
-        f"one-sided, α = {alpha:g}; with one seed, the two-proportion test on the test set "
+        "Each comparison: Welch's t-test from summary statistics "
+        f"(scipy.stats.ttest_ind_from_stats), one-sided, α = {alpha:g}; with one seed, the "
+        "two-proportion test on the test set "
         "(weaker: test-set noise only). Numbers: mean ± SE (%), the difference in points and in "
         "SE units, Welch's df, p. Holm: p adjusted over the verdict's tests (their number is the "
         "tests column). The readings are ours, not the paper's."
@@ -59,8 +62,8 @@ def _alpha(variants: Variants) -> float:
 def claim_header(claim: Claim) -> list[str]:
     """The sentence verbatim, where it stands, related sentences, the readings and why."""
     q = claim.quote
-    lines = [f"**({claim.key})** \"{q.text}\" ({q.section})", ""]
-    lines += [f"Also ({a.section}): \"{a.text}\"" for a in claim.also] + ([""] if claim.also else [])
+    lines = [f'**({claim.key})** "{q.text}" ({q.section})', ""]
+    lines += [f'Also ({a.section}): "{a.text}"' for a in claim.also] + ([""] if claim.also else [])
     lines += [f"Cells: {claim.cells_why}.", "", "Our readings:"]
     lines += [f"- **{r.key}**: {r.tests}. Why: {r.why}." for r in claim.readings]
     return [*lines, ""]
@@ -69,7 +72,7 @@ def claim_header(claim: Claim) -> list[str]:
 def _short(claim: Claim) -> str:
     """A claim without its sentence: its first words and its readings."""
     words = claim.quote.text.split()
-    return f"\"{' '.join(words[:8])} ...\" (readings: {', '.join(r.key for r in claim.readings)})"
+    return f'"{" ".join(words[:8])} ..." (readings: {", ".join(r.key for r in claim.readings)})'
 
 
 def _untested_everywhere(found: Variants) -> str:
@@ -85,7 +88,7 @@ def _row(cells: Sequence[str]) -> str:
 
 
 def table(found: Variants) -> list[str]:
-    """A row per part: cell, reading, (error,) tests, verdict, Holm verdict, part, holds, numbers."""
+    """A row per part: cell, reading, (error,) tests, verdict and Holm's, part, holds, numbers."""
     named = len(found) > 1
     head = ["task, model", "reading", *(["error"] if named else []), "tests", "verdict", "Holm",
             "part", "holds", "Holm", "numbers"]  # fmt: skip

@@ -66,7 +66,9 @@ def _no_lr(by_variant: dict[str, Selection]) -> bool:
 
 
 def _b(by_variant: dict[str, Selection]) -> Found:
-    checks = f"both unfrozen variants' chosen LR at least {HALF_DECADE:g} decade below both frozen ones'"
+    checks = (
+        f"both unfrozen variants' chosen LR at least {HALF_DECADE:g} decade below both frozen ones'"
+    )
     if _no_lr(by_variant):
         return "b", "half-decade", (Part(checks, note=NO_LR),), "all"
     lrs = {v: by_variant[v].best.lr for v in VARIANTS}
@@ -94,7 +96,9 @@ def _d1(by_variant: dict[str, Selection]) -> Found:
         fpt, other = at_lr(by_variant["fpt"], LU_LR), at_lr(by_variant[u], LU_LR)
         if _no_lr(by_variant) or fpt is None or other is None:
             missing = " and ".join(n for n, e in (("fpt", fpt), (u, other)) if e is None)
-            note = NO_LR if _no_lr(by_variant) else f"lr {fmt_lr(LU_LR)} not in the grid of {missing}"
+            note = (
+                NO_LR if _no_lr(by_variant) else f"lr {fmt_lr(LU_LR)} not in the grid of {missing}"
+            )
             parts.append(Part(checks, note=note))
             continue
         parts.append(Part(checks, both([(f"{u} ahead", ahead(other, fpt))], False)))
@@ -111,7 +115,9 @@ def _d2(by_variant: dict[str, Selection]) -> list[Found]:
     lrs = _shared(by_variant, VARIANTS)
     if len(lrs) < 2:
         note = NO_LR if _no_lr(by_variant) else "fewer than 2 LRs shared by the four variants"
-        return [("d2", r, (Part("two shared LRs", note=note),), "all") for r in ("reversal", "order")]
+        return [
+            ("d2", r, (Part("two shared LRs", note=note),), "all") for r in ("reversal", "order")
+        ]
     at = {v: {lr: at_lr(by_variant[v], lr) for lr in lrs} for v in VARIANTS}
     reversals = []
     for x, y in combinations(VARIANTS, 2):
@@ -122,7 +128,9 @@ def _d2(by_variant: dict[str, Selection]) -> list[Found]:
         )  # fmt: skip
         reversals.append(Part(f"{x} and {y}: each significantly ahead at some shared LR", ways))
     orders = {lr: tuple(sorted(VARIANTS, key=lambda v: -at[v][lr].mean)) for lr in lrs}  # type: ignore[union-attr]
-    note = "; ".join(f"{fmt_lr(lr)}: " + " > ".join(SHORT[v] for v in o) for lr, o in orders.items())
+    note = "; ".join(
+        f"{fmt_lr(lr)}: " + " > ".join(SHORT[v] for v in o) for lr, o in orders.items()
+    )
     distinct = len(set(orders.values()))
     order = Part(f"the order differs between shared LRs ({distinct} orders over {len(lrs)} LRs)",
                  note=note, fixed=distinct > 1)  # fmt: skip
@@ -134,7 +142,11 @@ def _d3(by_variant: dict[str, Selection]) -> Found:
     lower = [lr for lr in _shared(by_variant, ("fpt", *UNFROZEN))
              if math.log10(LU_LR / lr) > LR_TOLERANCE]  # fmt: skip
     if not lower:
-        note = NO_LR if _no_lr(by_variant) else f"no LR below {fmt_lr(LU_LR)} shared by fpt and the unfrozen variants"
+        note = (
+            NO_LR
+            if _no_lr(by_variant)
+            else f"no LR below {fmt_lr(LU_LR)} shared by fpt and the unfrozen variants"
+        )
         return "d3", "lower-lr", (Part(f"an LR below {fmt_lr(LU_LR)}", note=note),), "all"
     parts = []
     for lr in lower:

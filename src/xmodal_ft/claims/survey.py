@@ -57,8 +57,10 @@ def _readings(acc: dict[Row, Estimate], ahead_rows: list[Row], behind_rows: list
     group = (Part(f"mean of {names[0]} significantly ahead of mean of {names[1]}",
                   single(means, True)),)  # fmt: skip
     group += tuple(
-        Part(f"{name(a)} not significantly behind {name(b)}",
-             both([(f"{name(b)} ahead", ahead(acc[b], acc[a]))], False))
+        Part(
+            f"{name(a)} not significantly behind {name(b)}",
+            both([(f"{name(b)} ahead", ahead(acc[b], acc[a]))], False),
+        )
         for a, b in pairs
     )
     each = tuple(
@@ -76,11 +78,11 @@ def _observations(where: str, acc: dict[Row, Estimate], alpha: float) -> list[Ve
     }
     verdicts = []
     for reading, changed in effects.items():
+        pairs = [(changed(r), r) for r in sorted(acc) if changed(r) != r and changed(r) in acc]
         parts = tuple(
-            Part(f"{name(changed(row))} vs {name(row)}", single(ahead(acc[changed(row)], acc[row]), True))
-            for row in sorted(acc)
-            if changed(row) != row and changed(row) in acc
-        )  # fmt: skip
+            Part(f"{name(new)} vs {name(old)}", single(ahead(acc[new], acc[old]), True))
+            for new, old in pairs
+        )
         if parts:
             verdicts.append(Verdict(where, "obs", reading, parts, alpha=alpha, observation=True))
     return verdicts
