@@ -135,7 +135,7 @@ def test_survey_sentence_per_cell_and_reading_on_its_own_table() -> None:
 
 def test_claims_cli_prints_the_published_check_under_both_error_readings() -> None:
     text = claims.text(["--published", "rothermel2021"])
-    assert '"error over 3 runs" read as SEM (the SEM over the 3 runs) and as SD' in text
+    assert '"error over 3 runs" read as the SEM over the 3 runs (SEM) and as the SD' in text
     assert "| mnist, gpt2 | each | SEM | 4 | disagree | disagree |" in text
     assert "| mnist, gpt2 | each | SD | 4 | agree | agree |" in text
     sd_only = claims.text(["--published", "rothermel2021", "--error", "sd"])

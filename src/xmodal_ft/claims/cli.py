@@ -77,7 +77,7 @@ def text(argv: list[str]) -> str:
 def _errors(paper: str, errors: list[str]) -> str:
     if paper != "rothermel2021":
         return "no errors published: one seed per row, tested on the test set"
-    read = " and as ".join(f"{e.upper()} ({published.ERRORS[e]})" for e in errors)
+    read = " and as ".join(f"{published.ERRORS[e]} ({e.upper()})" for e in errors)
     return f'"error over 3 runs" read as {read}; a published 0.0 floored at {published.FLOOR:g}'
 
 
