@@ -12,7 +12,7 @@ from itertools import combinations
 from xmodal_ft import published
 from xmodal_ft.claims.cells import at_lr, at_stats, cells, fmt_lr, shared_lrs
 from xmodal_ft.claims.quotes import HALF_DECADE, LU_LR
-from xmodal_ft.claims.verdicts import Check, Part, Verdict, both, single
+from xmodal_ft.claims.verdicts import Check, Mode, Part, Verdict, both, single
 from xmodal_ft.report_types import Selection
 from xmodal_ft.significance import ALPHA, Estimate, ahead
 
@@ -23,7 +23,7 @@ SHORT = {"fpt": "FPT", "frozen_random": "FR", "unfrozen_pretrained": "UP", "unfr
 NO_LR = "no LR given (a published table)"
 LR_TOLERANCE = 0.005  # decades: grid values written to 3 digits (3.16e-4 is 10^-3.5)
 
-Found = tuple[str, str, tuple[Part, ...], str]  # claim, reading, parts, mode
+Found = tuple[str, str, tuple[Part, ...], Mode]  # claim, reading, parts, mode
 
 
 def rothermel2021(selections: Sequence[Selection], alpha: float = ALPHA) -> list[Verdict]:
@@ -39,8 +39,8 @@ def rothermel2021(selections: Sequence[Selection], alpha: float = ALPHA) -> list
         chosen = {v: at_stats(by_variant[v].best, by_variant[v]) for v in VARIANTS}
         found: list[Found] = [*_a(chosen), _b(by_variant), _c(chosen)]
         found += [_d1(by_variant), *_d2(by_variant), _d3(by_variant)]
-        verdicts += [Verdict(f"{task}, {model}", c, r, parts, mode, alpha)  # type: ignore[arg-type]
-                     for c, r, parts, mode in found]  # fmt: skip
+        where = f"{task}, {model}"
+        verdicts += [Verdict(where, c, r, parts, mode, alpha) for c, r, parts, mode in found]
     order = {"a": 0, "b": 1, "c": 2, "d1": 3, "d2": 4, "d3": 5}
     return sorted(verdicts, key=lambda v: order[v.claim])  # stable: cells in order within a claim
 
@@ -105,6 +105,14 @@ def _d1(by_variant: dict[str, Selection]) -> Found:
     return "d1", "lu-lr", tuple(parts), "all"
 
 
+def _at(s: Selection, lr: float) -> Estimate:
+    """The estimate at an LR the selection has (one of the shared LRs)."""
+    found = at_lr(s, lr)
+    if found is None:
+        raise ValueError(f"lr {fmt_lr(lr)} is not in the grid of {' / '.join(s.group)}")
+    return found
+
+
 def _shared(by_variant: dict[str, Selection], variants: Sequence[str]) -> list[float]:
     return [] if _no_lr(by_variant) else shared_lrs([by_variant[v] for v in variants])
 
@@ -118,16 +126,18 @@ def _d2(by_variant: dict[str, Selection]) -> list[Found]:
         return [
             ("d2", r, (Part("two shared LRs", note=note),), "all") for r in ("reversal", "order")
         ]
-    at = {v: {lr: at_lr(by_variant[v], lr) for lr in lrs} for v in VARIANTS}
+    at = {v: {lr: _at(by_variant[v], lr) for lr in lrs} for v in VARIANTS}
     reversals = []
     for x, y in combinations(VARIANTS, 2):
         ways = tuple(
-            tuple(Check(ahead(at[a][lr], at[b][lr]), True, f"{a} ahead at lr {fmt_lr(lr)}")  # type: ignore[arg-type]
-                  for lr in lrs)
+            tuple(
+                Check(ahead(at[a][lr], at[b][lr]), True, f"{a} ahead at lr {fmt_lr(lr)}")
+                for lr in lrs
+            )
             for a, b in ((x, y), (y, x))
-        )  # fmt: skip
+        )
         reversals.append(Part(f"{x} and {y}: each significantly ahead at some shared LR", ways))
-    orders = {lr: tuple(sorted(VARIANTS, key=lambda v: -at[v][lr].mean)) for lr in lrs}  # type: ignore[union-attr]
+    orders = {lr: tuple(sorted(VARIANTS, key=lambda v: -at[v][lr].mean)) for lr in lrs}
     note = "; ".join(
         f"{fmt_lr(lr)}: " + " > ".join(SHORT[v] for v in o) for lr, o in orders.items()
     )
@@ -150,8 +160,8 @@ def _d3(by_variant: dict[str, Selection]) -> Found:
         return "d3", "lower-lr", (Part(f"an LR below {fmt_lr(LU_LR)}", note=note),), "all"
     parts = []
     for lr in lower:
-        fpt = at_lr(by_variant["fpt"], lr)
-        tests = [(f"{u} ahead", ahead(at_lr(by_variant[u], lr), fpt)) for u in UNFROZEN]  # type: ignore[arg-type]
+        fpt = _at(by_variant["fpt"], lr)
+        tests = [(f"{u} ahead", ahead(_at(by_variant[u], lr), fpt)) for u in UNFROZEN]
         parts.append(Part(f"at lr {fmt_lr(lr)}: both unfrozen variants significantly ahead of fpt",
                           both(tests, True), key=fmt_lr(lr)))  # fmt: skip
     return "d3", "lower-lr", tuple(parts), "any"

@@ -32,7 +32,7 @@ def survey(selections: Sequence[Selection], alpha: float = ALPHA) -> list[Verdic
     """Both readings per (task, model, adapter), then the observations per (task, model)."""
     verdicts, observations = [], []
     for (task, model), rows in sorted(cells(selections, survey_row).items()):
-        acc = {row: of_runs(s, METRIC) for row, s in rows.items()}  # type: ignore[misc]
+        acc: dict[Row, Estimate] = {row: of_runs(s, METRIC) for row, s in rows.items()}
         for adapter in ("none", "houlsby"):
             ahead_rows = [(n, adapter, sch) for n, sch in AHEAD if (n, adapter, sch) in acc]
             behind_rows = [(n, adapter, sch) for n, sch in BEHIND if (n, adapter, sch) in acc]

@@ -22,6 +22,7 @@ class Check:
 
 
 Clause = tuple[Check, ...]  # satisfied when any of its checks comes out as needed
+Mode = Literal["all", "any"]  # a verdict holds when all of its parts hold, or any one does
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class Verdict:
     claim: str
     reading: str
     parts: tuple[Part, ...]
-    mode: Literal["all", "any"] = "all"
+    mode: Mode = "all"
     alpha: float = ALPHA
     observation: bool = False
 
@@ -119,7 +120,7 @@ class OverCells:
 
     claim: str
     reading: str
-    quantifier: Literal["all", "most"]
+    quantifier: str  # all: every cell; most: more than half of the cells tested
     verdicts: tuple[Verdict, ...]
 
     def count(self, adjusted: bool = False) -> tuple[int, int]:
@@ -145,7 +146,7 @@ def over_cells(verdicts: Sequence[Verdict], quantifiers: dict[str, str]) -> list
         if not v.observation:
             groups.setdefault((v.claim, v.reading), []).append(v)
     return [
-        OverCells(claim, reading, quantifiers[claim], tuple(found))  # type: ignore[arg-type]
+        OverCells(claim, reading, quantifiers[claim], tuple(found))
         for (claim, reading), found in groups.items()
     ]
 
