@@ -109,7 +109,7 @@ def facts(directory: str) -> str:
     groups = Counter(r.group for r in runs)
     lrs, seeds = {r.lr for r in runs}, {r.seed for r in runs}
     lines = [
-        f"- {len(runs)} runs: {len(groups)} settings, {len(lrs)} LR(s) "
+        f"- {len(runs)} runs: {len(groups)} settings, {len(lrs)} LR{'s' if len(lrs) > 1 else ''} "
         f"({', '.join(fmt_lr(lr) for lr in sorted(lrs))}), {len(seeds)} seeds each; "
         f"{_budget(runs[0])}, validation every {config['eval_every']} steps.",
         f"- Data: {task['n_train']:,} training examples{_cut(task)}; validation on "
