@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from xmodal_ft import lease
 from xmodal_ft.atomic import atomic_path
 
 FORMAT = 2  # 1: loop state and best copies apart, pickled with weights_only=False
@@ -51,7 +52,9 @@ class LoopState:
 
 
 def save(path: Path, state: LoopState, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Write the checkpoint of a run atomically and durably (see the module docstring)."""
+    """Write the checkpoint of a run atomically and durably (see the module docstring); raise
+    `lease.Lost`, writing nothing, where this process lost the run dir's lease."""
+    lease.check(path.parent, f"checkpoint at step {state.step}")
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     payload: dict[str, Any] = {
         "format": FORMAT,
