@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, make_cfg, read_results
+from conftest import ROOT, TINY, make_cfg, read_results
 from xmodal_ft import checkpoint, engine, lease, recipe, run
 from xmodal_ft.recipe import RunSpec
 
@@ -240,14 +240,13 @@ def test_the_heartbeat_survives_io_errors_and_reports_them_once(
         touch(*args, **kwargs)
 
     path = tmp_path / "lease.json"
-    with caplog.at_level(logging.WARNING, logger="xmodal_ft"):
-        with lease.acquire(tmp_path):
-            old = time.time() - 100
-            os.utime(path, (old, old))
-            monkeypatch.setattr(os, "utime", flaky)
-            lease.progress()
-            wait_until(lambda: path.stat().st_mtime != old, what="heartbeat after EIO")
-            monkeypatch.setattr(os, "utime", touch)
+    with caplog.at_level(logging.WARNING, logger="xmodal_ft"), lease.acquire(tmp_path):
+        old = time.time() - 100
+        os.utime(path, (old, old))
+        monkeypatch.setattr(os, "utime", flaky)
+        lease.progress()
+        wait_until(lambda: path.stat().st_mtime != old, what="heartbeat after EIO")
+        monkeypatch.setattr(os, "utime", touch)
     assert len(failures) == 3
     reports = [r for r in caplog.records if "Input/output error" in r.getMessage()]
     assert len(reports) == 1, [r.getMessage() for r in caplog.records]
@@ -339,24 +338,95 @@ def specs(root: Path, *overrides: str) -> list[RunSpec]:
     return [RunSpec(cfg, root / f"lr={cfg.lr}") for cfg in cfgs]
 
 
-def test_a_run_held_by_a_live_worker_is_skipped_with_one_line(tmp_path, caplog) -> None:
-    runs = specs(tmp_path)
-    holder = hold(runs[0].run_dir)
+def test_a_run_held_by_a_live_worker_returns_that_workers_value_not_nan(tmp_path, caplog) -> None:
+    """Two workers get the same run (a categorical LR, a grid point handed out twice): the
+    second waits for the first, which trains it, and returns the value of its results.json
+    (nan would fail the sweeper's trial and stall its batch)."""
+    overrides = ["threads=1", "variant=unfrozen_random", "max_steps=300", "eval_every=100"]
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    first = subprocess.Popen(
+        [sys.executable, "train.py", *TINY, *overrides, f"hydra.run.dir={run_dir}"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
     try:
+        wait_until(lambda: (run_dir / "lease.json").exists(), 120, "lease of the first worker")
+        assert not (run_dir / "results.json").exists()
+        with caplog.at_level(logging.INFO, logger="xmodal_ft"):
+            (value,) = recipe.train([RunSpec(make_cfg(*overrides), run_dir)])
+        assert first.wait(timeout=120) == 0
+    finally:
+        first.kill()
+    results = read_results(run_dir)
+    assert value == results["val/acc"] and results["pid"] == first.pid
+    assert "(results in" not in caplog.text  # not trained here
+    assert f"waiting for {run_dir} (trained by pid {first.pid} on " in caplog.text
+
+
+def test_a_run_whose_holder_stops_progressing_is_taken_over_and_trained(
+    tmp_path, caplog, liveness
+) -> None:
+    """The waiting worker's wait is bounded by the holder's liveness: a holder that makes no
+    progress (hung) is taken over once its lease goes stale, and the run trains here."""
+    runs = specs(tmp_path)[:1]
+    holder = hold(runs[0].run_dir, liveness=liveness)
+    try:
+        assert holder.outcome == "held"  # type: ignore[attr-defined]
+        started = time.time()
         with caplog.at_level(logging.INFO, logger="xmodal_ft"):
             values = recipe.train(runs)
-            alone = run(runs[0].cfg, runs[0].run_dir)
-        assert sorted(p.name for p in runs[0].run_dir.iterdir()) == ["lease.json"]  # the holder's
+        assert time.time() - started < liveness + 30
     finally:
         end(holder)
-    assert not runs[0].run_dir.exists() or not any(runs[0].run_dir.iterdir())  # released at exit
-    skips = [r.getMessage() for r in caplog.records if "being trained by" in r.getMessage()]
-    assert len(skips) == 2  # one line per run each time it is skipped
-    assert skips[0].startswith(f"{runs[0].run_dir} is being trained by pid {holder.pid} on ")
-    assert skips[0].endswith("s ago): skipped")
-    assert values[0] != values[0] and alone != alone  # nan
-    assert read_results(runs[1].run_dir)["val/acc"] == values[1]
-    assert not (runs[1].run_dir / "lease.json").exists()  # released once trained
+    for spec, value in zip(runs, values, strict=True):
+        assert read_results(spec.run_dir)["val/acc"] == value
+        assert read_results(spec.run_dir)["pid"] == os.getpid()
+    assert caplog.text.count("waiting for") == 1
+    assert "removed the stale lease of pid" in caplog.text
+    assert not list(tmp_path.rglob("lease.json"))
+
+
+def test_a_worker_that_loses_a_runs_lease_while_training_writes_nothing_more_for_it(
+    tmp_path, monkeypatch, caplog, liveness
+) -> None:
+    """The run's lease is taken over in mid-training (as when its worker stalled past the
+    timeout): from then on this worker writes neither checkpoints nor results for it (it used
+    to warn and keep writing). When the taker goes stale in turn, this worker takes the run back
+    and resumes it from its own last checkpoint, to the results of an uninterrupted run."""
+    cfg = make_cfg("threads=1", "variant=unfrozen_random", "max_steps=12", "eval_every=2")
+    run(cfg, tmp_path / "whole")
+    events = tmp_path / "events.jsonl"
+    monkeypatch.setenv(lease.EVENTS_ENV, str(events))
+    run_dir, save, taker = tmp_path / "run", checkpoint.save, []
+
+    def save_then_taken_over(path, state, *args) -> None:  # noqa: ANN001
+        save(path, state, *args)
+        if state.step == 4 and not taker:
+            (run_dir / "lease.json").unlink()  # as a takeover of a stale lease does
+            taker.append(hold(run_dir, liveness=liveness))
+
+    monkeypatch.setattr(checkpoint, "save", save_then_taken_over)
+    try:
+        with caplog.at_level(logging.INFO, logger="xmodal_ft"):
+            value = run(cfg, run_dir)
+    finally:
+        for proc in taker:
+            end(proc)
+    assert "lost the lease of" in caplog.text and "resumed from" in caplog.text
+    whole, resumed = read_results(tmp_path / "whole"), read_results(run_dir)
+    for key in ("config_hash", "val/acc", "test/acc", "best_step", "steps", "history"):
+        assert resumed[key] == whole[key], key
+    assert value == whole["val/acc"]
+    assert (run_dir / "metrics.jsonl").read_text() == (
+        tmp_path / "whole" / "metrics.jsonl"
+    ).read_text()
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    (foreign,) = [e for e in lines if e["kind"] == "acquired" and e["pid"] == taker[0].pid]
+    back = next(e for e in lines if e["kind"] == "acquired" and e["t"] > foreign["t"])
+    assert back["pid"] == os.getpid()
+    during = [e for e in lines if foreign["t"] < e["t"] < back["t"] and e["kind"] == "write"]
+    assert during == []  # nothing written while the other worker held the run
+    assert [e["what"] for e in lines if e["kind"] == "write"][-1] == "results"
 
 
 def test_a_run_finished_while_its_lease_was_taken_is_skipped_as_done(
@@ -483,7 +553,7 @@ def test_two_launches_of_one_sweep_dir_at_once_train_each_run_exactly_once(
     for key, result in twice.items():
         assert result["pid"] in {proc.pid for proc in together}
         assert {k: result[k] for k in RUN_KEYS} == {k: reference[key][k] for k in RUN_KEYS}, key
-    held = sum(out.count("is being trained by pid") for out in outs)
+    held = sum(out.count("waiting for") for out in outs)
     trainers = {result["pid"] for result in twice.values()}
     assert held or len(trainers) == 2, "the launches did not overlap: nothing was tested"
     assert not list((tmp_path / "sweep").rglob("lease.json"))
