@@ -15,7 +15,7 @@ import torch
 
 from conftest import make_cfg
 from test_sweeps import sweep
-from xmodal_ft import dispatch, placement, recipe
+from xmodal_ft import dispatch, lockstep, placement, recipe
 from xmodal_ft.placement import Device, PlacementError
 from xmodal_ft.recipe import RunSpec
 
@@ -111,6 +111,29 @@ def test_a_group_is_cut_in_halves_while_a_device_would_stay_idle(tmp_path) -> No
     assert sorted(len(p.specs) for p in dispatch.split([group_of(runs)], 3)) == [1, 1, 2]
     pruned = specs(tmp_path, "pruner=halving")
     assert len(dispatch.split([group_of(pruned)], 2)) == 1  # the pruner needs every seed of an LR
+
+
+# ---- memory per group -------------------------------------------------------------------------
+
+GiB = 1 << 30
+
+
+def test_a_cards_free_memory_counts_what_torchs_cache_holds_unused(monkeypatch) -> None:
+    """`mem_get_info` leaves out the blocks PyTorch's caching allocator keeps after a group's
+    tensors are freed, so `max_runs` shrank group after group on a GPU worker."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 * GiB, 80 * GiB))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 30 * GiB)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 5 * GiB)
+    assert lockstep._free_memory(torch.device("cuda", 0)) == 35 * GiB
+
+
+@pytest.mark.gpu
+def test_a_groups_freed_tensors_count_as_free_memory_for_the_next_group() -> None:
+    device = torch.device("cuda")
+    before = lockstep._free_memory(device)
+    block = torch.empty(GiB, dtype=torch.uint8, device=device)
+    del block  # freed, but kept in torch's cache
+    assert lockstep._free_memory(device) > before - GiB // 4
 
 
 # ---- groups on devices ------------------------------------------------------------------------
