@@ -15,7 +15,7 @@ import torch
 
 from conftest import make_cfg
 from test_sweeps import sweep
-from xmodal_ft import dispatch, lockstep, placement, recipe
+from xmodal_ft import dispatch, engine, lockstep, placement, recipe
 from xmodal_ft.placement import Device, PlacementError
 from xmodal_ft.recipe import RunSpec
 
@@ -99,6 +99,38 @@ def test_each_cards_worker_runs_on_its_share_of_the_cores(monkeypatch) -> None:
     assert [d.cores for d in placement.resolve(["cuda:5"])] == [tuple(range(16))]
     monkeypatch.setattr(placement, "_cores", lambda: [0, 1])
     assert [d.cores for d in placement.resolve(None)] == [(0,), (1,)] * 4  # 8 cards, 2 cores
+
+
+def fake_cards(monkeypatch, count: int = 8) -> None:
+    """Make torch see `count` CUDA cards, none where `CUDA_VISIBLE_DEVICES` is empty (as it
+    does)."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    visible = lambda: os.environ.get("CUDA_VISIBLE_DEVICES") != ""  # noqa: E731
+    monkeypatch.setattr(torch.cuda, "is_available", visible)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count if visible() else 0)
+    monkeypatch.setattr(os, "sched_setaffinity", lambda pid, cores: None, raising=False)
+    monkeypatch.setattr(placement, "_cores", lambda: list(range(4)))
+
+
+def test_a_cpu_device_on_a_gpu_host_trains_on_the_cpu(monkeypatch) -> None:
+    """`devices=[cpu:0,cpu:1]` on a GPU host: each worker trains on its cores; every one of them
+    used to train on cuda:0 (`device=auto` picked the card all of them saw)."""
+    fake_cards(monkeypatch)
+    cpu, card = placement.resolve(["cpu:0-1", "cuda:3"])
+    cpu.pin()
+    assert engine.select_device("auto").type == "cpu"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    card.pin()
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "3" and engine.select_device("auto").type == "cuda"
+
+
+def test_each_worker_sizes_its_groups_by_the_memory_of_its_own_device(monkeypatch) -> None:
+    """A mixed list: CPU workers share the host's memory, each card's worker has its card's."""
+    fake_cards(monkeypatch)
+    devices = placement.resolve(["cuda:0", "cpu:0", "cpu:1-3"])
+    assert [dispatch.memory_share(d, devices) for d in devices] == [1.0, 0.5, 0.5]
+    only_cpu = placement.resolve(1)
+    assert dispatch.memory_share(only_cpu[0], only_cpu) == 1.0
 
 
 def test_a_group_is_cut_in_halves_while_a_device_would_stay_idle(tmp_path) -> None:

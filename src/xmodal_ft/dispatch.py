@@ -128,7 +128,6 @@ class Workers:
             pool.shutdown(cancel_futures=True)
 
     def train(self, groups: Sequence[Group], max_runs: int | None) -> list[Outcome]:
-        share = 1.0 / len(self.devices) if self.devices[0].kind == "cpu" else 1.0
         todo = deque(sorted(range(len(groups)), key=lambda g: -len(groups[g].specs)))
         outcomes: list[Outcome] = [[] for _ in groups]
         lock = threading.Lock()
@@ -145,7 +144,10 @@ class Workers:
                 try:
                     outcomes[g] = (
                         self.pools[d]
-                        .submit(train_group, _sendable(group), max_runs, share)
+                        .submit(
+                            train_group, _sendable(group), max_runs,
+                            memory_share(self.devices[d], self.devices),
+                        )  # fmt: skip
                         .result()
                     )
                 except BrokenProcessPool as err:  # the worker died (killed, out of memory)
@@ -165,6 +167,14 @@ class Workers:
         for server in servers:
             server.join()
         return outcomes
+
+
+def memory_share(device: Device, devices: Sequence[Device]) -> float:
+    """The share of its device's memory a worker sizes its groups by (`lockstep.max_runs`): the
+    workers on CPU core sets share the host's memory; a card's worker has its card's."""
+    if device.kind == "cuda":
+        return 1.0
+    return 1.0 / sum(d.kind == "cpu" for d in devices)
 
 
 def _worker(device: Device) -> ProcessPoolExecutor:
