@@ -310,7 +310,7 @@ def _remove_if(path: Path, token: str) -> bool:
     if holder is None or holder.token != token:
         return False
     aside = path.with_name(f".{path.name}.{secrets.token_hex(8)}.removing")
-    _fault()
+    _fault(path)
     try:
         os.rename(path, aside)
     except FileNotFoundError:
@@ -344,7 +344,7 @@ def _link_new(path: Path, record: dict[str, object]) -> bool:
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     try:
         tmp.write_bytes(data)
-        _fault()
+        _fault(path)
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -566,7 +566,7 @@ class _Heartbeat:
                 return False
             stamp = _clock.stamp()
             if stamp > lease.stamped:
-                _fault()
+                _fault(lease.path)
                 os.utime(fd, (stamp, stamp))
                 lease.stamped = stamp
             return True
@@ -600,8 +600,9 @@ def _event(kind: str, path: Path, **extra: object) -> None:
 _faults: random.Random | None = None
 
 
-def _fault() -> None:
-    """Raise EIO at random where `XMODAL_FT_LEASE_FAULTS=eio:<p>[:<seed>]` is set (fault tests)."""
+def _fault(path: Path) -> None:
+    """Raise EIO at random in a write of the lease at `path` where
+    `XMODAL_FT_LEASE_FAULTS=eio:<p>[:<seed>]` is set (fault tests; an event notes each)."""
     global _faults
     spec = os.environ.get(FAULTS_ENV)
     if not spec:
@@ -610,4 +611,5 @@ def _fault() -> None:
     if _faults is None:
         _faults = random.Random(f"{seed[0] if seed else 0}-{os.getpid()}")
     if kind == "eio" and _faults.random() < float(probability):
+        _event("fault", path)
         raise OSError(errno.EIO, "Input/output error (injected)")
