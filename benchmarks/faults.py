@@ -114,7 +114,8 @@ def environment(events: Path) -> dict[str, str]:
     """The sweeps' environment: offline, a short liveness timeout, lease events into `events`."""
     return {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HYDRA_FULL_ERROR": "1",
             "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled",
-            "XMODAL_FT_LIVENESS_S": str(LIVENESS_S), "XMODAL_FT_LEASE_EVENTS": str(events)}  # fmt: skip
+            "XMODAL_FT_LIVENESS_S": str(LIVENESS_S),
+            "XMODAL_FT_LEASE_EVENTS": str(events)}  # fmt: skip
 
 
 def uninterrupted(launcher: str, root: Path) -> tuple[dict[tuple[float, int], dict], float]:
