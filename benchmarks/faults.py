@@ -125,11 +125,12 @@ def uninterrupted(launcher: str, root: Path) -> tuple[dict[tuple[float, int], di
     outcome = Outcome(launcher, "none", 0)
     if launch.wait(outcome) != 0:
         raise RuntimeError(f"the uninterrupted sweep failed:\n{launch.output()[-3000:]}")
-    return results(sweep_dir), time.time() - launch.started
+    return results_under(sweep_dir), time.time() - launch.started
 
 
-def results(sweep_dir: Path) -> dict[tuple[float, int], dict]:
-    found = [json.loads(p.read_text()) for p in sweep_dir.glob("*/results.json")]
+def results_under(root: Path) -> dict[tuple[float, int], dict]:
+    """The results of the runs in the dirs of `root`, by (lr, seed)."""
+    found = [json.loads(p.read_text()) for p in root.glob("*/results.json")]
     return {(r["config"]["lr"], r["config"]["seed"]): r for r in found}
 
 
@@ -148,7 +149,7 @@ def scenario(
     launches = [Launch(sweep_dir, launcher, env, "a")]
     if fault == "duplicate" or (fault == "stop-worker" and launcher == "basic"):
         launches.append(Launch(sweep_dir, launcher, env, "b"))
-        outcome.injected += int(fault == "duplicate")
+        outcome.injected += int(fault in ("duplicate", "relaunch"))
     try:
         first = launches[0]
         if fault in ("kill-worker", "kill-launcher", "stop-worker"):
@@ -260,7 +261,7 @@ def _check(
     outcome: Outcome,
 ) -> None:
     """Count the breaches of the invariants (module docstring) into `outcome`."""
-    found = results(sweep_dir)
+    found = results_under(sweep_dir)
     for key, expected in reference.items():
         if key not in found:
             outcome.lost += 1
