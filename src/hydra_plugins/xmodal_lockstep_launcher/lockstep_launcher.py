@@ -167,6 +167,14 @@ class LockstepLauncher(Launcher):
         for group, outcome in zip(lockstep_groups, outcomes, strict=True):
             for i, value in zip(group.index, outcome, strict=True):
                 values[i] = value
+        given_up = sorted(
+            {job_of[i] for i, v in enumerate(values) if isinstance(v, dispatch.GaveUp)}
+        )
+        if given_up:
+            log.error(
+                f"gave up on jobs {given_up} (their workers or jobs died or hung, see above); "
+                "the same command with the same hydra.sweep.dir resumes them"
+            )
         return values
 
 
