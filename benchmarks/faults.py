@@ -10,7 +10,7 @@ job per group). Faults (`FAULTS`), each at a seeded random moment once the targe
   died with it.
 - `kill-launcher`: SIGKILL of the `train.py` process, then the same command again (a device
   worker or job it left behind finishes its group; the relaunch waits for it or resumes).
-- `stop-worker`: SIGSTOP of a training process for 1.2-3 liveness timeouts, then SIGCONT (the
+- `stop-worker`: SIGSTOP of a training process for 2.2-3 liveness timeouts, then SIGCONT (the
   basic launcher's runs are then shared with a duplicate launch started with it, which takes
   them over; a device worker or job is killed by its launcher after two timeouts and retried).
 - `lease-eio`: one lease write in five fails with EIO (`XMODAL_FT_LEASE_FAULTS`).
@@ -45,13 +45,25 @@ SWEEP = ["model=tiny_gpt2", "variant=unfrozen_random", "task=digits", "task.n_tr
          "max_steps=80", "eval_every=20", "checkpoint_every=10", "log_every=5", "threads=1",
          "progress=false", "cache_dir=null"]  # fmt: skip
 GRID = [f"lr={','.join(map(str, LRS))}", f"seed={','.join(map(str, SEEDS))}"]
+
+
+@dataclass(frozen=True)
+class Launcher:
+    """A launcher of the suite: its overrides, and a mark of the command line of the processes
+    that train under it (None: the launcher's own process trains)."""
+
+    overrides: tuple[str, ...]
+    trainer: bytes | None = None
+
+
 LAUNCHERS = {
-    "basic": [],
-    "lockstep, 2 CPU devices": ["hydra/launcher=lockstep", "hydra.launcher.devices=2"],
-    "lockstep_slurm, local": [
-        "hydra/launcher=lockstep_slurm",
-        "hydra.launcher.slurm.cluster=local",
-    ],
+    "basic": Launcher(()),
+    "lockstep, 2 CPU devices": Launcher(
+        ("hydra/launcher=lockstep", "hydra.launcher.devices=2"), b"spawn_main"
+    ),
+    "lockstep_slurm, local": Launcher(
+        ("hydra/launcher=lockstep_slurm", "hydra.launcher.slurm.cluster=local"), b"_submit"
+    ),
 }
 FAULTS = ("kill-worker", "kill-launcher", "stop-worker", "lease-eio", "duplicate", "relaunch")
 KEYS = ("val/acc", "test/acc", "best_step", "steps", "history")  # equal to the uninterrupted
@@ -80,7 +92,7 @@ class Launch:
 
     def __init__(self, sweep_dir: Path, launcher: str, env: dict[str, str], name: str):
         self.log = sweep_dir.parent / f"{sweep_dir.name}.{name}.log"
-        cmd = [sys.executable, "train.py", "-m", *SWEEP, *GRID, *LAUNCHERS[launcher],
+        cmd = [sys.executable, "train.py", "-m", *SWEEP, *GRID, *LAUNCHERS[launcher].overrides,
                f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(
@@ -147,7 +159,7 @@ def scenario(
         env["XMODAL_FT_LEASE_FAULTS"] = f"eio:0.2:{seed}"
     started = time.time()
     launches = [Launch(sweep_dir, launcher, env, "a")]
-    if fault == "duplicate" or (fault == "stop-worker" and launcher == "basic"):
+    if fault == "duplicate" or (fault == "stop-worker" and LAUNCHERS[launcher].trainer is None):
         launches.append(Launch(sweep_dir, launcher, env, "b"))
         outcome.injected += int(fault in ("duplicate", "relaunch"))
     try:
@@ -179,19 +191,18 @@ def _inject(
 ) -> None:
     """Once the target trains (it took a lease), wait a seeded random moment, then kill or stop
     it."""
-    workers = {"lockstep, 2 CPU devices": b"spawn_main", "lockstep_slurm, local": b"_submit"}
+    trainer = LAUNCHERS[launcher].trainer
 
     def target() -> int | None:
         """The process to hit, once it trains (took a lease): the launcher itself for
-        `kill-launcher` (once any process trains) and under the basic launcher, else a device
-        worker or a group job's task."""
+        `kill-launcher` (once any process trains) and where it trains itself, else a process
+        below it that trains (a device worker, a group job's task)."""
         holders = _holders(events)
-        if fault == "kill-launcher" and launcher != "basic":
+        if fault == "kill-launcher" and trainer is not None:
             return launch.proc.pid if holders else None
-        if launcher == "basic":
+        if trainer is None:
             return launch.proc.pid if launch.proc.pid in holders else None
-        return next((p for p in _descendants(launch.proc.pid, workers[launcher]) if p in holders),
-                    None)  # fmt: skip
+        return next((p for p in _descendants(launch.proc.pid, trainer) if p in holders), None)
 
     deadline = launch.started + BOUND_S / 2
     while (pid := target()) is None and time.time() < deadline and launch.proc.poll() is None:
@@ -203,8 +214,9 @@ def _inject(
     try:
         if fault == "stop-worker":
             os.kill(pid, signal.SIGSTOP)
-            time.sleep(rng.uniform(1.2, 3.0) * LIVENESS_S)
-            os.kill(pid, signal.SIGCONT)
+            time.sleep(rng.uniform(2.2, 3.0) * LIVENESS_S)
+            with contextlib.suppress(ProcessLookupError):  # its launcher may have killed it
+                os.kill(pid, signal.SIGCONT)
         else:
             os.kill(pid, signal.SIGKILL)
             launch.killed = pid == launch.proc.pid

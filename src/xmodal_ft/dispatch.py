@@ -83,7 +83,7 @@ def train_group(group: Group, max_runs: int | None, memory_share: float = 1.0) -
             return [err] * len(group.specs)
         except Exception as err:  # a bug: its traceback belongs in the log
             log.exception(f"jobs {group.jobs} failed")
-            return [_portable(err)] * len(group.specs)
+            return [portable(err)] * len(group.specs)
 
 
 def here(groups: Sequence[Group], max_runs: int | None) -> list[Outcome]:
@@ -231,7 +231,7 @@ def _plain(mapping: Any) -> dict[str, Any]:
     return OmegaConf.to_container(mapping) if OmegaConf.is_config(mapping) else dict(mapping)
 
 
-def _portable(err: BaseException) -> BaseException:
+def portable(err: BaseException) -> BaseException:
     """`err` if it survives pickling (to come back from a worker), else a RuntimeError with
     its message."""
     try:

@@ -25,8 +25,8 @@ from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
-from xmodal_ft import watch
-from xmodal_ft.dispatch import RETRIES, GaveUp, Group, Outcome, console, sendable, train_group
+from xmodal_ft import dispatch, watch
+from xmodal_ft.dispatch import RETRIES, GaveUp, Group, Outcome
 from xmodal_ft.placement import Device
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,11 @@ class Workers:
             except (WorkerDied, WorkerHung) as err:
                 again = "; retrying on a fresh worker" if attempt < RETRIES else ""
                 log.error(f"jobs {group.jobs}: {err}{again}")
+            except Exception as err:  # a bug on the way to the worker (the group unsent)
+                log.exception(f"jobs {group.jobs} failed")
+                self.workers[d].stop()
+                self.workers[d] = _Worker(device)
+                return [dispatch.portable(err)] * len(group.specs)
             self.workers[d].stop()
             self.workers[d] = _Worker(device)
         message = (
@@ -133,7 +138,7 @@ class _Worker:
     def train(self, group: Group, max_runs: int | None, share: float) -> Outcome:
         """Train `group` here; raises `WorkerDied` or `WorkerHung` (see the module docstring)."""
         try:
-            self.conn.send((sendable(group), max_runs, share))
+            self.conn.send((dispatch.sendable(group), max_runs, share))
         except OSError as err:
             raise self._died() from err
         run_dirs = [spec.run_dir for spec in group.specs]
@@ -185,7 +190,7 @@ def _serve(device: Device, conn: Connection) -> None:
     name; it trains each group it receives and sends back the outcome. It ends when told to, or
     when the launcher is gone (after the group in hand: its results are on disk)."""
     device.pin()
-    console(device.label)
+    dispatch.console(device.label)
     importlib.import_module("xmodal_ft.lockstep")  # what a group needs, imported while idle
     while True:
         try:
@@ -196,7 +201,7 @@ def _serve(device: Device, conn: Connection) -> None:
             os._exit(0)  # not tearing down torch and transformers: about 1 s
         try:
             conn.send(("started",))
-            outcome = train_group(*task)
+            outcome = dispatch.train_group(*task)
             conn.send(("done", outcome))
         except OSError:
             os._exit(0)
