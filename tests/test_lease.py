@@ -313,6 +313,22 @@ def test_of_several_takers_of_one_stale_lease_exactly_one_wins(tmp_path) -> None
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no takeover markers left
 
 
+def test_a_lease_lost_and_released_does_not_stop_the_next_run(
+    tmp_path, monkeypatch, caplog
+) -> None:
+    """A loss noticed after the run ended (its lease replaced before release) belongs to that
+    run: the process's next run trains on."""
+    monkeypatch.setattr(lease, "HEARTBEAT_S", 0.05)
+    first = lease.acquire(tmp_path / "a")
+    other = {"host": "elsewhere", "pid": 1, "started": 0.0, "token": "other"}
+    with caplog.at_level(logging.WARNING, logger="xmodal_ft"):
+        (tmp_path / "a" / "lease.json").write_text(json.dumps(other))
+        wait_until(lambda: "lost the lease of" in caplog.text, what="loss noticed")
+    first.release()
+    with lease.acquire(tmp_path / "b"):
+        lease.progress()  # raises nothing
+
+
 def test_a_process_that_lost_a_lease_writes_no_checkpoint_there(tmp_path) -> None:
     """Its lease taken over while it stalled, a process stops writing for that run: saving a
     checkpoint raises `lease.Lost` and leaves the file the new holder sees alone."""

@@ -467,8 +467,11 @@ class _Heartbeat:
         self.wake.set()
 
     def remove(self, lease: Lease) -> None:
+        """Stop beating `lease`; a released lease's loss is no longer reported."""
         with self.lock:
             self.leases.discard(lease)
+            if self.lost.get(lease.path) is lease:
+                del self.lost[lease.path]
 
     def owned(self, path: Path) -> Lease | None:
         with self.lock:
@@ -529,21 +532,22 @@ class _Heartbeat:
     def beat(self, lease: Lease) -> bool:
         """Write this process's progress into `lease` if it is still ours (reading the token and
         touching the same open file, so a new holder's file is never touched); note a lease that
-        is no longer ours. True when confirmed; an I/O error is reported once and retried at
-        the next beat."""
+        is no longer ours. True when read back as ours; an I/O error is reported once and
+        retried at the next beat (a lease that cannot be read for a whole liveness timeout
+        counts as lost: `unconfirmable`)."""
         if lease.pid != os.getpid():  # inherited through a fork: the parent's to touch
             self.remove(lease)
             return True
         with self.beating:
             try:
                 ours = self._touch(lease)
-            except OSError as err:
+            except OSError as err:  # the lease could not be read: ownership unconfirmed
                 self._report(f"lease heartbeat of {lease.path.parent}: {err}; retrying")
                 return False
         if ours:
             return True
-        self.remove(lease)
         with self.lock:
+            self.leases.discard(lease)
             self.lost[lease.path] = lease
             self.gone.add(lease.path)
         _event("lost", lease.path)
@@ -554,8 +558,7 @@ class _Heartbeat:
         )  # fmt: skip
         return False
 
-    @staticmethod
-    def _touch(lease: Lease) -> bool:
+    def _touch(self, lease: Lease) -> bool:
         try:
             fd = os.open(lease.path, os.O_RDONLY)
         except FileNotFoundError:
@@ -566,9 +569,12 @@ class _Heartbeat:
                 return False
             stamp = _clock.stamp()
             if stamp > lease.stamped:
-                _fault(lease.path)
-                os.utime(fd, (stamp, stamp))
-                lease.stamped = stamp
+                try:
+                    _fault(lease.path)
+                    os.utime(fd, (stamp, stamp))
+                    lease.stamped = stamp
+                except OSError as err:  # still ours (just read); written at the next beat
+                    self._report(f"lease heartbeat of {lease.path.parent}: {err}; retrying")
             return True
         finally:
             os.close(fd)
