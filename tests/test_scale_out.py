@@ -279,6 +279,14 @@ def test_the_last_groups_are_split_so_that_no_device_idles_while_work_remains() 
     assert simulate([16, 4, 4], devices=2) == 16  # the second card takes both small groups whole
 
 
+@pytest.mark.gpu
+def test_a_cpu_device_on_a_gpu_host_trains_its_group_on_the_cpu(tmp_path) -> None:
+    runs = specs(tmp_path, "device=auto")[:2]
+    workers.on_devices([group_of(runs)], placement.resolve([f"cpu:{CORES[0]}"]), max_runs=None)
+    devices = {json.loads((s.run_dir / "results.json").read_text())["device"] for s in runs}
+    assert devices == {"cpu"}
+
+
 # ---- groups as SLURM jobs (submitit's local executor) -----------------------------------------
 
 
