@@ -165,7 +165,7 @@ def scenario(
     try:
         first = launches[0]
         if fault in ("kill-worker", "kill-launcher", "stop-worker"):
-            _inject(fault, launcher, first, events, rng, outcome)
+            _inject(fault, launcher, launches, events, rng, outcome)
         codes = [launch.wait(outcome) for launch in launches]
         if fault == "relaunch" or (first.killed and codes[0] != 0):
             launches.append(Launch(sweep_dir, launcher, env, "again"))
@@ -187,21 +187,28 @@ def scenario(
 
 
 def _inject(
-    fault: str, launcher: str, launch: Launch, events: Path, rng: random.Random, outcome: Outcome
+    fault: str,
+    launcher: str,
+    launches: list[Launch],
+    events: Path,
+    rng: random.Random,
+    outcome: Outcome,
 ) -> None:
     """Once the target trains (it took a lease), wait a seeded random moment, then kill or stop
     it."""
     trainer = LAUNCHERS[launcher].trainer
+    launch = launches[0]
 
     def target() -> int | None:
-        """The process to hit, once it trains (took a lease): the launcher itself for
-        `kill-launcher` (once any process trains) and where it trains itself, else a process
-        below it that trains (a device worker, a group job's task)."""
+        """The process to hit, once it trains (took a lease): the first launch itself for
+        `kill-launcher` (once any process trains), a launch that trains (where launchers train
+        themselves: the first, or its duplicate), else a process below the first launch that
+        trains (a device worker, a group job's task)."""
         holders = _holders(events)
         if fault == "kill-launcher" and trainer is not None:
             return launch.proc.pid if holders else None
         if trainer is None:
-            return launch.proc.pid if launch.proc.pid in holders else None
+            return next((ln.proc.pid for ln in launches if ln.proc.pid in holders), None)
         return next((p for p in _descendants(launch.proc.pid, trainer) if p in holders), None)
 
     deadline = launch.started + BOUND_S / 2
@@ -219,7 +226,8 @@ def _inject(
                 os.kill(pid, signal.SIGCONT)
         else:
             os.kill(pid, signal.SIGKILL)
-            launch.killed = pid == launch.proc.pid
+            for killed in launches:
+                killed.killed = killed.killed or pid == killed.proc.pid
         outcome.injected += 1
     except ProcessLookupError:
         outcome.problems.append(f"{fault}: the target ended before the fault")
