@@ -22,6 +22,7 @@ from typing import Any
 
 from benchmarks import hardware, report, suite
 from benchmarks.cases import ROOT
+from benchmarks.faults import faults
 from benchmarks.lockstep import cases as lockstep_cases
 from benchmarks.lockstep import lockstep_sweeps
 from benchmarks.scale_out import scale_out
@@ -30,7 +31,7 @@ from xmodal_ft import engine
 
 log = logging.getLogger("benchmarks")
 SECTIONS = (
-    "throughput", "memory", "sweep", "lockstep", "scale-out", "optimisations", "scaling"
+    "throughput", "memory", "sweep", "lockstep", "scale-out", "optimisations", "scaling", "faults"
 )  # fmt: skip
 
 
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> None:
             out["lockstep"] = lockstep_sweeps(args.quick, args.cases)
         elif section == "scale-out":
             out["scale-out"] = scale_out(args.quick)
+        elif section == "faults":
+            out["faults"] = faults(args.quick)
         else:
             out[section] = _run_jobs(suite.SECTIONS[section](args.quick))
         out["seconds"] = time.perf_counter() - start

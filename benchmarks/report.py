@@ -64,7 +64,38 @@ def markdown(report: dict[str, Any]) -> str:
         lines += _lockstep(report["lockstep"])
     if "scale-out" in report:
         lines += _scale_out(report["scale-out"])
+    if "faults" in report:
+        lines += _faults(report["faults"])
     return "\n".join(lines)
+
+
+def _faults(section: dict[str, Any]) -> list[str]:
+    """Per launcher: the faults injected and what they broke (goal: 0 in every column but the
+    first and the last)."""
+    lines = [
+        "## Faults: sweeps under seeded random faults",
+        "",
+        f"A 4-run sweep (tiny_gpt2, digits) under each fault of `benchmarks/faults.py` (kill a "
+        f"worker or the launcher, stop a worker past the liveness timeout of "
+        f"{section['liveness_s']:.0f} s, EIO in lease writes, a duplicate launch, a relaunch), "
+        f"each command bounded by {section['bound_s']:.0f} s. Extra wall time: the mean "
+        "scenario's commands (relaunches included) less the uninterrupted sweep's.",
+        "",
+        "| launcher | scenarios | faults injected | runs lost | runs trained twice "
+        "| runs differing | crashed workers | hangs | uninterrupted s | extra wall s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in section["rows"]:
+        lines.append(
+            f"| {r['launcher']} | {r['scenarios']} | {r['faults injected']} | {r['runs lost']} "
+            f"| {r['runs trained twice']} | {r['runs differing']} | {r['crashed workers']} "
+            f"| {r['hangs']} | {r['uninterrupted s']:.1f} | {r['extra wall s (mean)']:.1f} |"
+        )
+    problems = [(o, p) for o in section["scenarios"] for p in o["problems"]]
+    if problems:
+        lines += ["", "Breaches:", ""]
+        lines += [f"- {o['launcher']}, {o['fault']} (seed {o['seed']}): {p}" for o, p in problems]
+    return [*lines, ""]
 
 
 def _scale_out(section: dict[str, list[dict[str, Any]]]) -> list[str]:

@@ -206,3 +206,32 @@ def test_a_lockstep_runs_checkpoint_holds_its_own_tensors_only(tmp_path) -> None
         for name, param in models[r].named_parameters():
             assert torch.equal(saved[name], param), name
             assert saved[name].untyped_storage().nbytes() == param.numel() * 4, name  # no other run
+
+
+def test_a_checkpoint_from_a_process_that_saw_several_gpus_resumes_in_a_pinned_worker(
+    tmp_path, monkeypatch
+) -> None:
+    """Saved by a process that saw three cards (every card of the node visible), resumed by a
+    worker pinned to one (`CUDA_VISIBLE_DEVICES`): the state of the card the run trained on goes
+    to the card the worker sees; restoring every card's state failed at every relaunch."""
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    cards = [torch.full((16,), i, dtype=torch.uint8) for i in range(3)]  # fabricated RNG states
+    visible, restored = [3], {}
+
+    def set_rng_state(state: torch.Tensor, device: object = "cuda") -> None:
+        index = device if isinstance(device, int) else torch.device(device).index or 0
+        if index >= visible[0]:
+            raise RuntimeError("CUDA error: invalid device ordinal")
+        restored[index] = state
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible[0])
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: cards)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", set_rng_state)
+    monkeypatch.setattr(torch.cuda.random, "set_rng_state", set_rng_state)
+    checkpoint.save(tmp_path / "c.pt", LoopState(step=4), model, optimizer)
+    visible[0] = 1  # the pinned worker sees one card
+    assert checkpoint.load(tmp_path / "c.pt", model, optimizer).step == 4
+    assert list(restored) == [0] and torch.equal(restored[0], cards[0])

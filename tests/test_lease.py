@@ -1,9 +1,12 @@
 """Leases: one worker per run dir. Acquire, release and heldness; one winner among racing
-processes; stale leases (old heartbeat, dead local pid) taken over; the recipe skips a run a live
-worker holds; two launches of one sweep dir at once train each run exactly once."""
+processes; stale leases (no progress within the liveness timeout, dead local pid) taken over; a
+heartbeat that survives I/O errors; a release that never removes a new holder's lease; leases
+where hard links are missing; the recipe waits for a run a live worker holds and returns its
+value; two launches of one sweep dir at once train each run exactly once."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -14,13 +17,14 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
-from conftest import ROOT, make_cfg, read_results
+from conftest import ROOT, TINY, make_cfg, read_results
 from xmodal_ft import checkpoint, engine, lease, recipe, run
 from xmodal_ft.recipe import RunSpec
 
 HOLD = """
-import sys, time
+import sys, threading, time
 from pathlib import Path
 from xmodal_ft import lease
 time.sleep(max(0.0, float(sys.argv[2]) - time.time()))  # racers start together
@@ -29,16 +33,26 @@ try:
     print("held", flush=True)
 except lease.Held:
     print("lost", flush=True)
-sys.stdin.read()  # hold until the test closes stdin (or kills this process)
+closed = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), closed.set()), daemon=True).start()
+while not closed.wait(0.05):  # hold until the test closes stdin (or kills this process)
+    if sys.argv[3] == "busy":
+        lease.progress()  # as a training loop does at every step
 """
 
 
-def hold(run_dir: Path, at: float = 0.0, wait: bool = True) -> subprocess.Popen:
-    """A process that takes the lease of `run_dir` (or fails to) at time `at` and keeps running;
-    its `outcome` ("held" or "lost") once it tried, when waited for."""
+def hold(
+    run_dir: Path, at: float = 0.0, wait: bool = True, busy: bool = False, liveness: float = 0
+) -> subprocess.Popen:
+    """A process that takes the lease of `run_dir` (or fails to) at time `at` and keeps running,
+    making progress (`busy`, as a training loop) or not; its `outcome` ("held" or "lost") once
+    it tried, when waited for. `liveness`: its liveness timeout in seconds (0: the default)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    if liveness:
+        env[lease.LIVENESS_ENV] = str(liveness)
+    mode = "busy" if busy else "idle"
     proc = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(run_dir), str(at)], env=env, text=True,
+        [sys.executable, "-c", HOLD, str(run_dir), str(at), mode], env=env, text=True,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
     )  # fmt: skip
     if wait:
@@ -93,7 +107,7 @@ def test_a_lease_whose_heartbeat_is_older_than_the_timeout_is_taken_over(tmp_pat
     path = tmp_path / "lease.json"
     path.write_text(json.dumps(record))
     os.utime(path, (time.time() - 10, time.time() - 10))
-    with pytest.raises(lease.Held, match=r"pid \d+ on elsewhere \(heartbeat 10 s ago\)"):
+    with pytest.raises(lease.Held, match=r"pid \d+ on elsewhere \(last progress 10 s ago\)"):
         lease.acquire(tmp_path, timeout_s=60)
     with lease.acquire(tmp_path, timeout_s=5) as taken:
         assert taken.held()
@@ -139,18 +153,198 @@ def test_a_requeued_slurm_job_takes_over_its_earlier_attempts_live_lease(
     end(holder)
 
 
-def test_the_heartbeat_keeps_a_held_lease_fresh(tmp_path, monkeypatch) -> None:
+def test_the_heartbeat_writes_the_holders_progress_into_its_lease(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(lease, "HEARTBEAT_S", 0.05)
     path = tmp_path / "lease.json"
     with lease.acquire(tmp_path):
         old = time.time() - 100
         os.utime(path, (old, old))
+        time.sleep(0.3)  # beats without progress since: nothing to write
+        assert path.stat().st_mtime == old
+        lease.progress()
         deadline = time.time() + 10
         while path.stat().st_mtime == old:
             assert time.time() < deadline, "no heartbeat"
             time.sleep(0.02)
+        assert abs(path.stat().st_mtime - time.time()) < 5
         with pytest.raises(lease.Held):
             lease.acquire(tmp_path, timeout_s=50)
+
+
+@pytest.fixture
+def liveness(monkeypatch) -> float:
+    """A short liveness timeout (2 s, heartbeats every 0.2 s) for this process and its children."""
+    monkeypatch.setenv(lease.LIVENESS_ENV, "2")
+    return 2.0
+
+
+def wait_until(condition, timeout: float = 20.0, what: str = "condition") -> None:  # noqa: ANN001
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.02)
+
+
+def test_a_holder_that_makes_no_progress_goes_stale_although_it_runs(tmp_path, liveness) -> None:
+    """Liveness is progress, not existence: the holder's process and heartbeat thread run, but
+    it makes no step (a hung CUDA call, stuck I/O) and is taken over after the timeout."""
+    holder = hold(tmp_path, liveness=liveness)
+    try:
+        assert holder.outcome == "held"  # type: ignore[attr-defined]
+        with pytest.raises(lease.Held):
+            lease.acquire(tmp_path)
+        time.sleep(liveness + 0.5)
+        assert lease.live_holder(tmp_path) is None
+        lease.acquire(tmp_path).release()
+    finally:
+        end(holder)
+
+
+def test_a_holder_that_makes_progress_stays_live_past_the_timeout(tmp_path, liveness) -> None:
+    holder = hold(tmp_path, busy=True, liveness=liveness)
+    try:
+        assert holder.outcome == "held"  # type: ignore[attr-defined]
+        time.sleep(2 * liveness)
+        assert lease.live_holder(tmp_path) is not None
+        with pytest.raises(lease.Held):
+            lease.acquire(tmp_path)
+    finally:
+        end(holder)
+
+
+def test_a_stopped_holders_lease_goes_stale_although_its_pid_exists(tmp_path, liveness) -> None:
+    holder = hold(tmp_path, busy=True, liveness=liveness)
+    try:
+        assert holder.outcome == "held"  # type: ignore[attr-defined]
+        holder.send_signal(signal.SIGSTOP)
+        time.sleep(liveness + 0.5)
+        with lease.acquire(tmp_path) as taken:
+            assert taken.held()
+    finally:
+        holder.send_signal(signal.SIGCONT)
+        end(holder)
+
+
+def test_the_heartbeat_survives_io_errors_and_reports_them_once(
+    tmp_path, monkeypatch, caplog
+) -> None:
+    """EIO (or ESTALE on NFS) on a touch ends neither the heartbeat nor the lease: it retries
+    at every beat and says so once."""
+    monkeypatch.setattr(lease, "HEARTBEAT_S", 0.05)
+    touch, failures = os.utime, []
+
+    def flaky(*args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        if len(failures) < 3:
+            failures.append(1)
+            raise OSError(errno.EIO, "Input/output error")
+        touch(*args, **kwargs)
+
+    path = tmp_path / "lease.json"
+    with caplog.at_level(logging.WARNING, logger="xmodal_ft"), lease.acquire(tmp_path):
+        old = time.time() - 100
+        os.utime(path, (old, old))
+        monkeypatch.setattr(os, "utime", flaky)
+        lease.progress()
+        wait_until(lambda: path.stat().st_mtime != old, what="heartbeat after EIO")
+        monkeypatch.setattr(os, "utime", touch)
+    assert len(failures) == 3
+    reports = [r for r in caplog.records if "Input/output error" in r.getMessage()]
+    assert len(reports) == 1, [r.getMessage() for r in caplog.records]
+
+
+def test_release_never_removes_a_new_holders_lease(tmp_path, monkeypatch) -> None:
+    """The lease is taken over (ours was stale) just after release read it as ours: the new
+    holder's lease stays (release moves the file aside, checks its token, and puts back one
+    that is not its own)."""
+    ours = lease.acquire(tmp_path)
+    path = tmp_path / "lease.json"
+    theirs = {"host": "elsewhere", "pid": 1, "started": 0.0, "token": "theirs"}
+    read = lease._read
+
+    def read_then_taken_over(where: Path) -> lease.Holder | None:
+        holder = read(where)
+        if where == path and holder is not None and holder.token == ours.token:
+            monkeypatch.setattr(lease, "_read", read)
+            path.unlink()
+            path.write_text(json.dumps(theirs))  # the taker's lease
+        return holder
+
+    monkeypatch.setattr(lease, "_read", read_then_taken_over)
+    ours.release()
+    assert json.loads(path.read_text())["token"] == "theirs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lease.json"]  # nothing left aside
+
+
+@pytest.mark.parametrize("code", [errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS])
+def test_leases_work_where_hard_links_are_missing(tmp_path, monkeypatch, code) -> None:
+    """Object-store mounts (s3fs, gcsfuse, blobfuse) refuse link(): the lease is created with
+    O_CREAT|O_EXCL instead, which stays exclusive."""
+
+    def no_links(*args: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "link", no_links)
+    with lease.acquire(tmp_path) as held:
+        record = json.loads((tmp_path / "lease.json").read_text())
+        assert record["token"] == held.token and held.held()
+        with pytest.raises(lease.Held):
+            lease.acquire(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    stale = {"host": "elsewhere", "pid": 1, "started": 0.0, "token": "old"}
+    (tmp_path / "lease.json").write_text(json.dumps(stale))
+    os.utime(tmp_path / "lease.json", (time.time() - 1000, time.time() - 1000))
+    lease.acquire(tmp_path).release()  # a takeover too
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_of_several_takers_of_one_stale_lease_exactly_one_wins(tmp_path) -> None:
+    record = {"host": "elsewhere", "pid": 1, "started": 0.0, "token": "stale"}
+    (tmp_path / "lease.json").write_text(json.dumps(record))
+    os.utime(tmp_path / "lease.json", (time.time() - 1000, time.time() - 1000))
+    start = time.time() + 1.0
+    racers = [hold(tmp_path, at=start, wait=False, busy=True, liveness=60) for _ in range(4)]
+    outcomes = [p.stdout.readline().strip() for p in racers]
+    try:
+        assert sorted(outcomes) == ["held", "lost", "lost", "lost"]
+        assert json.loads((tmp_path / "lease.json").read_text())["token"] != "stale"
+    finally:
+        for proc in racers:
+            end(proc)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no takeover markers left
+
+
+def test_a_lease_lost_and_released_does_not_stop_the_next_run(
+    tmp_path, monkeypatch, caplog
+) -> None:
+    """A loss noticed after the run ended (its lease replaced before release) belongs to that
+    run: the process's next run trains on."""
+    monkeypatch.setattr(lease, "HEARTBEAT_S", 0.05)
+    first = lease.acquire(tmp_path / "a")
+    other = {"host": "elsewhere", "pid": 1, "started": 0.0, "token": "other"}
+    with caplog.at_level(logging.WARNING, logger="xmodal_ft"):
+        (tmp_path / "a" / "lease.json").write_text(json.dumps(other))
+        wait_until(lambda: "lost the lease of" in caplog.text, what="loss noticed")
+    first.release()
+    with lease.acquire(tmp_path / "b"):
+        lease.progress()  # raises nothing
+
+
+def test_a_process_that_lost_a_lease_writes_no_checkpoint_there(tmp_path) -> None:
+    """Its lease taken over while it stalled, a process stops writing for that run: saving a
+    checkpoint raises `lease.Lost` and leaves the file the new holder sees alone."""
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    mine = lease.acquire(tmp_path)
+    (tmp_path / "lease.json").unlink()
+    taker = hold(tmp_path)
+    try:
+        assert taker.outcome == "held"  # type: ignore[attr-defined]
+        with pytest.raises(lease.Lost, match=str(tmp_path)):
+            checkpoint.save(tmp_path / "checkpoint.pt", checkpoint.LoopState(), model, optimizer)
+        assert not (tmp_path / "checkpoint.pt").exists()
+    finally:
+        mine.release()
+        end(taker)
 
 
 def specs(root: Path, *overrides: str) -> list[RunSpec]:
@@ -160,24 +354,95 @@ def specs(root: Path, *overrides: str) -> list[RunSpec]:
     return [RunSpec(cfg, root / f"lr={cfg.lr}") for cfg in cfgs]
 
 
-def test_a_run_held_by_a_live_worker_is_skipped_with_one_line(tmp_path, caplog) -> None:
-    runs = specs(tmp_path)
-    holder = hold(runs[0].run_dir)
+def test_a_run_held_by_a_live_worker_returns_that_workers_value_not_nan(tmp_path, caplog) -> None:
+    """Two workers get the same run (a categorical LR, a grid point handed out twice): the
+    second waits for the first, which trains it, and returns the value of its results.json
+    (nan would fail the sweeper's trial and stall its batch)."""
+    overrides = ["threads=1", "variant=unfrozen_random", "max_steps=300", "eval_every=100"]
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    first = subprocess.Popen(
+        [sys.executable, "train.py", *TINY, *overrides, f"hydra.run.dir={run_dir}"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
     try:
+        wait_until(lambda: (run_dir / "lease.json").exists(), 120, "lease of the first worker")
+        assert not (run_dir / "results.json").exists()
+        with caplog.at_level(logging.INFO, logger="xmodal_ft"):
+            (value,) = recipe.train([RunSpec(make_cfg(*overrides), run_dir)])
+        assert first.wait(timeout=120) == 0
+    finally:
+        first.kill()
+    results = read_results(run_dir)
+    assert value == results["val/acc"] and results["pid"] == first.pid
+    assert "(results in" not in caplog.text  # not trained here
+    assert f"waiting for {run_dir} (trained by pid {first.pid} on " in caplog.text
+
+
+def test_a_run_whose_holder_stops_progressing_is_taken_over_and_trained(
+    tmp_path, caplog, liveness
+) -> None:
+    """The waiting worker's wait is bounded by the holder's liveness: a holder that makes no
+    progress (hung) is taken over once its lease goes stale, and the run trains here."""
+    runs = specs(tmp_path)[:1]
+    holder = hold(runs[0].run_dir, liveness=liveness)
+    try:
+        assert holder.outcome == "held"  # type: ignore[attr-defined]
+        started = time.time()
         with caplog.at_level(logging.INFO, logger="xmodal_ft"):
             values = recipe.train(runs)
-            alone = run(runs[0].cfg, runs[0].run_dir)
-        assert sorted(p.name for p in runs[0].run_dir.iterdir()) == ["lease.json"]  # the holder's
+        assert time.time() - started < liveness + 30
     finally:
         end(holder)
-    assert not runs[0].run_dir.exists() or not any(runs[0].run_dir.iterdir())  # released at exit
-    skips = [r.getMessage() for r in caplog.records if "being trained by" in r.getMessage()]
-    assert len(skips) == 2  # one line per run each time it is skipped
-    assert skips[0].startswith(f"{runs[0].run_dir} is being trained by pid {holder.pid} on ")
-    assert skips[0].endswith("s ago): skipped")
-    assert values[0] != values[0] and alone != alone  # nan
-    assert read_results(runs[1].run_dir)["val/acc"] == values[1]
-    assert not (runs[1].run_dir / "lease.json").exists()  # released once trained
+    for spec, value in zip(runs, values, strict=True):
+        assert read_results(spec.run_dir)["val/acc"] == value
+        assert read_results(spec.run_dir)["pid"] == os.getpid()
+    assert caplog.text.count("waiting for") == 1
+    assert "removed the stale lease of pid" in caplog.text
+    assert not list(tmp_path.rglob("lease.json"))
+
+
+def test_a_worker_that_loses_a_runs_lease_while_training_writes_nothing_more_for_it(
+    tmp_path, monkeypatch, caplog, liveness
+) -> None:
+    """The run's lease is taken over in mid-training (as when its worker stalled past the
+    timeout): from then on this worker writes neither checkpoints nor results for it (it used
+    to warn and keep writing). When the taker goes stale in turn, this worker takes the run back
+    and resumes it from its own last checkpoint, to the results of an uninterrupted run."""
+    cfg = make_cfg("threads=1", "variant=unfrozen_random", "max_steps=12", "eval_every=2")
+    run(cfg, tmp_path / "whole")
+    events = tmp_path / "events.jsonl"
+    monkeypatch.setenv(lease.EVENTS_ENV, str(events))
+    run_dir, save, taker = tmp_path / "run", checkpoint.save, []
+
+    def save_then_taken_over(path, state, *args) -> None:  # noqa: ANN001
+        save(path, state, *args)
+        if state.step == 4 and not taker:
+            (run_dir / "lease.json").unlink()  # as a takeover of a stale lease does
+            taker.append(hold(run_dir, liveness=liveness))
+
+    monkeypatch.setattr(checkpoint, "save", save_then_taken_over)
+    try:
+        with caplog.at_level(logging.INFO, logger="xmodal_ft"):
+            value = run(cfg, run_dir)
+    finally:
+        for proc in taker:
+            end(proc)
+    assert "lost the lease of" in caplog.text and "resumed from" in caplog.text
+    whole, resumed = read_results(tmp_path / "whole"), read_results(run_dir)
+    for key in ("config_hash", "val/acc", "test/acc", "best_step", "steps", "history"):
+        assert resumed[key] == whole[key], key
+    assert value == whole["val/acc"]
+    assert (run_dir / "metrics.jsonl").read_text() == (
+        tmp_path / "whole" / "metrics.jsonl"
+    ).read_text()
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    (foreign,) = [e for e in lines if e["kind"] == "acquired" and e["pid"] == taker[0].pid]
+    back = next(e for e in lines if e["kind"] == "acquired" and e["t"] > foreign["t"])
+    assert back["pid"] == os.getpid()
+    during = [e for e in lines if foreign["t"] < e["t"] < back["t"] and e["kind"] == "write"]
+    assert during == []  # nothing written while the other worker held the run
+    assert [e["what"] for e in lines if e["kind"] == "write"][-1] == "results"
 
 
 def test_a_run_finished_while_its_lease_was_taken_is_skipped_as_done(
@@ -304,7 +569,7 @@ def test_two_launches_of_one_sweep_dir_at_once_train_each_run_exactly_once(
     for key, result in twice.items():
         assert result["pid"] in {proc.pid for proc in together}
         assert {k: result[k] for k in RUN_KEYS} == {k: reference[key][k] for k in RUN_KEYS}, key
-    held = sum(out.count("is being trained by pid") for out in outs)
+    held = sum(out.count("waiting for") for out in outs)
     trainers = {result["pid"] for result in twice.values()}
     assert held or len(trainers) == 2, "the launches did not overlap: nothing was tested"
     assert not list((tmp_path / "sweep").rglob("lease.json"))

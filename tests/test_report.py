@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import csv
 import json
+import logging
 import math
 import subprocess
 import sys
@@ -481,3 +482,22 @@ def test_report_modules_import_in_one_direction() -> None:
         }
         assert "xmodal_ft.report" not in imported, name
         assert not any(str(m).startswith("xmodal_ft.schemes") for m in imported), name
+
+
+def test_runs_of_one_group_that_trained_on_different_thread_counts_are_named(
+    tmp_path, caplog
+) -> None:
+    """`threads` is not part of the config hash (a resumed or relaunched run may train on
+    another count), and the count changes results in the last digits: the report says where
+    the finished runs of one group used different counts."""
+    for lr, seed, threads in [(1e-3, 0, 1), (1e-3, 1, 2), (1e-2, 0, 1), (1e-2, 1, 1)]:
+        path = fake_run(tmp_path, lr=lr, seed=seed) / "results.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "threads": threads}))
+    fake_run(tmp_path, lr=1e-3, task="sst2")  # a group on one count: not named
+    with caplog.at_level(logging.WARNING, logger="xmodal_ft"):
+        report.main([str(tmp_path)])
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "## Thread counts" in text
+    assert "- mnist / gpt2 / fpt / fixed: 3 runs on 1 thread, 1 run on 2 threads" in text
+    assert "sst2" not in text.split("## Thread counts")[1]
+    assert "mnist / gpt2 / fpt / fixed: runs trained on different thread counts" in caplog.text

@@ -15,7 +15,7 @@ import torch
 
 from conftest import make_cfg
 from test_sweeps import sweep
-from xmodal_ft import dispatch, placement, recipe
+from xmodal_ft import dispatch, engine, lockstep, placement, recipe, workers
 from xmodal_ft.placement import Device, PlacementError
 from xmodal_ft.recipe import RunSpec
 
@@ -101,6 +101,38 @@ def test_each_cards_worker_runs_on_its_share_of_the_cores(monkeypatch) -> None:
     assert [d.cores for d in placement.resolve(None)] == [(0,), (1,)] * 4  # 8 cards, 2 cores
 
 
+def fake_cards(monkeypatch, count: int = 8) -> None:
+    """Make torch see `count` CUDA cards, none where `CUDA_VISIBLE_DEVICES` is empty (as it
+    does)."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    visible = lambda: os.environ.get("CUDA_VISIBLE_DEVICES") != ""  # noqa: E731
+    monkeypatch.setattr(torch.cuda, "is_available", visible)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count if visible() else 0)
+    monkeypatch.setattr(os, "sched_setaffinity", lambda pid, cores: None, raising=False)
+    monkeypatch.setattr(placement, "_cores", lambda: list(range(4)))
+
+
+def test_a_cpu_device_on_a_gpu_host_trains_on_the_cpu(monkeypatch) -> None:
+    """`devices=[cpu:0,cpu:1]` on a GPU host: each worker trains on its cores; every one of them
+    used to train on cuda:0 (`device=auto` picked the card all of them saw)."""
+    fake_cards(monkeypatch)
+    cpu, card = placement.resolve(["cpu:0-1", "cuda:3"])
+    cpu.pin()
+    assert engine.select_device("auto").type == "cpu"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    card.pin()
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "3" and engine.select_device("auto").type == "cuda"
+
+
+def test_each_worker_sizes_its_groups_by_the_memory_of_its_own_device(monkeypatch) -> None:
+    """A mixed list: CPU workers share the host's memory, each card's worker has its card's."""
+    fake_cards(monkeypatch)
+    devices = placement.resolve(["cuda:0", "cpu:0", "cpu:1-3"])
+    assert [workers.memory_share(d, devices) for d in devices] == [1.0, 0.5, 0.5]
+    only_cpu = placement.resolve(1)
+    assert workers.memory_share(only_cpu[0], only_cpu) == 1.0
+
+
 def test_a_group_is_cut_in_halves_while_a_device_would_stay_idle(tmp_path) -> None:
     runs = specs(tmp_path)
     (whole,) = dispatch.split([group_of(runs)], 1)
@@ -113,6 +145,29 @@ def test_a_group_is_cut_in_halves_while_a_device_would_stay_idle(tmp_path) -> No
     assert len(dispatch.split([group_of(pruned)], 2)) == 1  # the pruner needs every seed of an LR
 
 
+# ---- memory per group -------------------------------------------------------------------------
+
+GiB = 1 << 30
+
+
+def test_a_cards_free_memory_counts_what_torchs_cache_holds_unused(monkeypatch) -> None:
+    """`mem_get_info` leaves out the blocks PyTorch's caching allocator keeps after a group's
+    tensors are freed, so `max_runs` shrank group after group on a GPU worker."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 * GiB, 80 * GiB))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 30 * GiB)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 5 * GiB)
+    assert lockstep._free_memory(torch.device("cuda", 0)) == 35 * GiB
+
+
+@pytest.mark.gpu
+def test_a_groups_freed_tensors_count_as_free_memory_for_the_next_group() -> None:
+    device = torch.device("cuda")
+    before = lockstep._free_memory(device)
+    block = torch.empty(GiB, dtype=torch.uint8, device=device)
+    del block  # freed, but kept in torch's cache
+    assert lockstep._free_memory(device) > before - GiB // 4
+
+
 # ---- groups on devices ------------------------------------------------------------------------
 
 
@@ -123,7 +178,7 @@ def test_groups_on_two_cpu_devices_equal_the_same_runs_trained_alone(tmp_path) -
     log = tmp_path / "job.log"
     devices = placement.resolve(2)
     parts = dispatch.split([group_of(runs, log)], len(devices))
-    outcomes = dispatch.on_devices(parts, devices, max_runs=None)
+    outcomes = workers.on_devices(parts, devices, max_runs=None)
     assert all(isinstance(v, float) for outcome in outcomes for v in outcome)
     assert_same_runs(runs, alone)
     pids = {json.loads((s.run_dir / "results.json").read_text())["pid"] for s in runs}
@@ -133,7 +188,7 @@ def test_groups_on_two_cpu_devices_equal_the_same_runs_trained_alone(tmp_path) -
 
 def test_a_group_that_fails_on_a_device_fails_its_jobs_with_the_users_error(tmp_path) -> None:
     runs = specs(tmp_path, "scheme=gradual_unfreeze")  # lockstep refuses gradual unfreezing
-    (outcome,) = dispatch.on_devices([group_of(runs)], placement.resolve(1), max_runs=None)
+    (outcome,) = workers.on_devices([group_of(runs)], placement.resolve(1), max_runs=None)
     assert all("default launcher" in str(err) for err in outcome)
 
 
@@ -160,13 +215,76 @@ def test_groups_spread_over_the_visible_gpus(tmp_path) -> None:
     alone = trained_alone(tmp_path / "alone", *overrides)
     runs = specs(tmp_path / "gpus", *overrides)
     parts = dispatch.split([group_of(runs)], len(devices))
-    dispatch.on_devices(parts, devices, max_runs=None)
+    workers.on_devices(parts, devices, max_runs=None)
     results = [json.loads((s.run_dir / "results.json").read_text()) for s in runs]
     assert all(r["device"].startswith("cuda") for r in results)
     assert len({r["pid"] for r in results}) == min(len(devices), len(parts))
     for result, spec in zip(results, alone, strict=True):
         lone = json.loads((spec.run_dir / "results.json").read_text())
         assert result["val/acc"] == pytest.approx(lone["val/acc"], abs=0.1)
+
+
+def worker_pids() -> list[int]:
+    """The pids of this process's device workers (spawned multiprocessing children)."""
+    me = os.getpid()
+    children = Path(f"/proc/{me}/task/{me}/children").read_text().split()
+    return [
+        int(pid) for pid in children
+        if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]  # fmt: skip
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds the workers in /proc")
+def test_closing_the_workers_after_an_idle_one_died_keeps_the_launchs_results(tmp_path) -> None:
+    """A worker that died while idle (killed, out of memory) made `close()` raise
+    BrokenProcessPool, which discarded the results of the whole launch."""
+    runs = specs(tmp_path)[:1]
+    pool = workers.Workers(placement.resolve(1))
+    try:
+        (outcome,) = pool.train([group_of(runs)], max_runs=None)
+        (pid,) = worker_pids()
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)  # dead by now
+    finally:
+        pool.close()
+    assert isinstance(outcome[0], float)
+
+
+def simulate(sizes: list[int], devices: int) -> float:
+    """When the last of groups of `sizes` runs ends on `devices` workers, as `workers.Schedule`
+    gives them out, each run of a group costing one second (groups on one device in turn)."""
+    now = [0.0]
+    groups = [
+        dispatch.Group([None] * n, list(range(n)), [g] * n, []) for g, n in enumerate(sizes)
+    ]  # fmt: skip
+    schedule = workers.Schedule(groups, devices, clock=lambda: now[0])
+    ends: dict[int, float] = {}
+    while True:
+        for d in range(devices):
+            if d not in ends and (group := schedule.take(d)) is not None:
+                ends[d] = now[0] + len(group.specs)
+        if not ends:
+            return now[0]
+        d = min(ends, key=ends.get)
+        now[0] = ends.pop(d)
+        schedule.done(d)
+
+
+def test_the_last_groups_are_split_so_that_no_device_idles_while_work_remains() -> None:
+    """9 groups on 8 cards: the 9th group used to train alone while 7 cards idled (16 s); it is
+    cut among the cards that just finished (9 s). A tail group is not cut for cards that stay
+    busy much longer."""
+    assert simulate([8] * 9, devices=8) <= 10
+    assert simulate([8] * 8, devices=8) == 8
+    assert simulate([16, 4, 4], devices=2) == 16  # the second card takes both small groups whole
+
+
+@pytest.mark.gpu
+def test_a_cpu_device_on_a_gpu_host_trains_its_group_on_the_cpu(tmp_path) -> None:
+    runs = specs(tmp_path, "device=auto")[:2]
+    workers.on_devices([group_of(runs)], placement.resolve([f"cpu:{CORES[0]}"]), max_runs=None)
+    devices = {json.loads((s.run_dir / "results.json").read_text())["device"] for s in runs}
+    assert devices == {"cpu"}
 
 
 # ---- groups as SLURM jobs (submitit's local executor) -----------------------------------------
@@ -191,7 +309,7 @@ def test_a_requeued_group_job_resumes_its_runs_from_their_checkpoints(tmp_path) 
     runs = specs(tmp_path / "slurm", *longer)
     executor = submitit.AutoExecutor(tmp_path / "submitit" / "%j", cluster="local")
     executor.update_parameters(timeout_min=10)
-    job = executor.submit(dispatch.GroupJob(), dispatch._sendable(group_of(runs)), None)
+    job = executor.submit(dispatch.GroupJob(), dispatch.sendable(group_of(runs)), None)
     deadline = time.time() + 120
     while len(list((tmp_path / "slurm").glob("*/checkpoint-*.pt"))) < len(runs):
         assert time.time() < deadline and job.state != "FINISHED", job.stderr()

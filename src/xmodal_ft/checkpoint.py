@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from xmodal_ft import lease
 from xmodal_ft.atomic import atomic_path
 
 FORMAT = 2  # 1: loop state and best copies apart, pickled with weights_only=False
@@ -51,7 +52,9 @@ class LoopState:
 
 
 def save(path: Path, state: LoopState, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Write the checkpoint of a run atomically and durably (see the module docstring)."""
+    """Write the checkpoint of a run atomically and durably (see the module docstring); raise
+    `lease.Lost`, writing nothing, where this process lost the run dir's lease."""
+    lease.check(path.parent, f"checkpoint at step {state.step}")
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     payload: dict[str, Any] = {
         "format": FORMAT,
@@ -60,6 +63,7 @@ def save(path: Path, state: LoopState, model: nn.Module, optimizer: torch.optim.
         "optimizer": _own(optimizer.state_dict()),
         "rng": torch.random.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda_device": _cuda_index(model),  # whose state in cuda_rng the run draws from
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -115,9 +119,32 @@ def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> Loop
             params[name].copy_(value)
     state.best_weights = {n: t.to(device) for n, t in state.best_weights.items()}
     torch.random.set_rng_state(payload["rng"])
-    if payload["cuda_rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(payload["cuda_rng"])
+    _restore_cuda_rng(payload, model)
     return state
+
+
+def _cuda_index(model: nn.Module) -> int | None:
+    """The index of the CUDA device the run draws from (its model's, else the current one);
+    None where torch sees no CUDA device."""
+    if not torch.cuda.is_available():
+        return None
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return torch.cuda.current_device()
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def _restore_cuda_rng(payload: dict[str, Any], model: nn.Module) -> None:
+    """Restore the CUDA random state of the device the run trained on to the device it trains
+    on now. The devices a process sees differ between launches (a process that saw every card
+    wrote it, a worker pinned to one card reads it), so one state goes to one device; checkpoints
+    without `cuda_device` trained on the first card (`device=auto`)."""
+    saved = payload["cuda_rng"]
+    index = _cuda_index(model)
+    if not saved or index is None:
+        return
+    source = payload.get("cuda_device") or 0
+    torch.cuda.set_rng_state(saved[source if source < len(saved) else 0], index)
 
 
 def _fitting(

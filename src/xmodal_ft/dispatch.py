@@ -1,24 +1,21 @@
 """Where a sweep's lockstep groups train: in this process one after another, on worker processes
-pinned to devices (`placement`), or as SLURM jobs through submitit.
+pinned to devices (`xmodal_ft.workers`), or as SLURM jobs through submitit.
 
 Each group trains with `recipe.train`, which skips finished runs and resumes checkpointed ones,
 so a requeued SLURM job or a relaunched sweep continues where the runs stopped. A group that
 fails comes back as one exception per run: a user error (`UserError`) is logged as one line,
-anything else with its traceback.
+anything else with its traceback. Launchers wait for groups elsewhere with bounds (`watch`): a
+group whose worker or job dies or makes no progress is trained again, at most `RETRIES` times,
+then given up on (`GaveUp`, logged).
 """
 
 from __future__ import annotations
 
-import importlib
+import contextlib
 import logging
-import multiprocessing
-import os
 import pickle
-import threading
-from collections import deque
+import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,14 +24,18 @@ from typing import Any
 import submitit
 from omegaconf import OmegaConf
 
-from xmodal_ft import recipe
+from xmodal_ft import recipe, watch
 from xmodal_ft.errors import UserError
-from xmodal_ft.placement import Device
 from xmodal_ft.recipe import RunSpec
 
 log = logging.getLogger(__name__)
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's job log format
 Outcome = list[float | BaseException]  # each run's validation metric, or why it failed
+RETRIES = 2  # a group whose worker or job died or hung trains again this often
+
+
+class GaveUp(RuntimeError):
+    """A group was given up on: its worker or job died or hung `RETRIES` + 1 times."""
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def train_group(group: Group, max_runs: int | None, memory_share: float = 1.0) -
             return [err] * len(group.specs)
         except Exception as err:  # a bug: its traceback belongs in the log
             log.exception(f"jobs {group.jobs} failed")
-            return [_portable(err)] * len(group.specs)
+            return [portable(err)] * len(group.specs)
 
 
 def here(groups: Sequence[Group], max_runs: int | None) -> list[Outcome]:
@@ -94,94 +95,6 @@ def here(groups: Sequence[Group], max_runs: int | None) -> list[Outcome]:
     return outcomes
 
 
-def on_devices(
-    groups: Sequence[Group], devices: Sequence[Device], max_runs: int | None
-) -> list[Outcome]:
-    """Train the groups on one worker process per device (`Workers`)."""
-    with Workers(devices) as workers:
-        return workers.train(groups, max_runs)
-
-
-class Workers:
-    """One worker process per device, started at once, so that their imports (torch,
-    transformers: seconds) overlap the launcher's job set-up. `train` gives each group to the
-    next free worker, largest groups first. Workers on CPU core sets share the host's memory
-    (`max_runs` is sized from their share of it); each card's worker has the card's memory."""
-
-    def __init__(self, devices: Sequence[Device]):
-        self.devices = list(devices)
-        self.pools = [_worker(device) for device in self.devices]
-
-    def __enter__(self) -> Workers:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """End the workers. Their work is on disk (results written atomically, leases released)
-        by the time they are idle, so each ends at once (`os._exit`) rather than tearing down
-        torch and transformers: about 1 s per worker."""
-        for pool in self.pools:
-            pool.submit(os._exit, 0)
-        for pool in self.pools:
-            pool.shutdown(cancel_futures=True)
-
-    def train(self, groups: Sequence[Group], max_runs: int | None) -> list[Outcome]:
-        share = 1.0 / len(self.devices) if self.devices[0].kind == "cpu" else 1.0
-        todo = deque(sorted(range(len(groups)), key=lambda g: -len(groups[g].specs)))
-        outcomes: list[Outcome] = [[] for _ in groups]
-        lock = threading.Lock()
-
-        def serve(d: int) -> None:
-            label = self.devices[d].label
-            while True:
-                with lock:
-                    if not todo:
-                        return
-                    g = todo.popleft()
-                group = groups[g]
-                log.info(f"Training jobs {group.jobs} together on {label}")
-                try:
-                    outcomes[g] = (
-                        self.pools[d]
-                        .submit(train_group, _sendable(group), max_runs, share)
-                        .result()
-                    )
-                except BrokenProcessPool as err:  # the worker died (killed, out of memory)
-                    log.error(f"jobs {group.jobs}: the worker on {label} died ({err})")
-                    outcomes[g] = [err] * len(group.specs)
-                    self.pools[d].shutdown(cancel_futures=True)
-                    self.pools[d] = _worker(self.devices[d])
-                except Exception as err:  # a bug on the way to the worker
-                    log.exception(f"jobs {group.jobs} failed")
-                    outcomes[g] = [_portable(err)] * len(group.specs)
-
-        servers = [
-            threading.Thread(target=serve, args=(d,), daemon=True) for d in range(len(self.pools))
-        ]
-        for server in servers:
-            server.start()
-        for server in servers:
-            server.join()
-        return outcomes
-
-
-def _worker(device: Device) -> ProcessPoolExecutor:
-    """A fresh process pinned to `device` (spawned: no CUDA state is inherited), starting now."""
-    context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(1, mp_context=context, initializer=_start, initargs=(device,))
-    pool.submit(importlib.import_module, "xmodal_ft.lockstep")  # what a group needs, imported
-    return pool
-
-
-def _start(device: Device) -> None:
-    """A worker's set-up: pinned to its device, its records shown on the console with the
-    device's name."""
-    device.pin()
-    _console(device.label)
-
-
 class _LabelledConsole(logging.StreamHandler):
     """A worker's console: the job log's format with the worker's device in place of the
     logger's name (records of several workers interleave on one terminal)."""
@@ -191,7 +104,8 @@ class _LabelledConsole(logging.StreamHandler):
         self.setFormatter(logging.Formatter(LOG_FORMAT.replace("%(name)s", label)))
 
 
-def _console(label: str) -> None:
+def console(label: str) -> None:
+    """Show this process's records on its console, labelled `label` (a device, `slurm`)."""
     root = logging.getLogger()
     root.setLevel(logging.INFO)
     root.addHandler(_LabelledConsole(label))
@@ -200,25 +114,82 @@ def _console(label: str) -> None:
 def on_slurm(
     groups: Sequence[Group], max_runs: int | None, options: dict[str, Any], folder: Path
 ) -> list[Outcome]:
-    """Submit one SLURM job per group (a job array) and wait for them. A job that times out
-    or is preempted is requeued and continues from its runs' checkpoints (`GroupJob`)."""
+    """Submit one SLURM job per group (a job array) and wait for them, with bounds. A job that
+    times out or is preempted is requeued and continues from its runs' checkpoints (`GroupJob`);
+    one that fails outside training (killed, node failure) or makes no progress for twice the
+    liveness timeout while running (`watch`; cancelled) is submitted again, at most `RETRIES`
+    times, then given up on (its runs fail with a message that says so)."""
     options = dict(options)
     cluster = options.pop("cluster", "slurm")
     timeouts = {f"{cluster}_max_num_timeout": options.pop("max_num_timeout", 3)}
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster, **timeouts)
     executor.update_parameters(**_submitit_parameters(options))
     with executor.batch():
-        jobs = [executor.submit(GroupJob(), _sendable(group), max_runs) for group in groups]
+        jobs = [executor.submit(GroupJob(), sendable(group), max_runs) for group in groups]
     for group, job in zip(groups, jobs, strict=True):
         log.info(f"jobs {group.jobs}: {cluster} job {job.job_id} ({len(group.specs)} runs)")
-    outcomes = []
-    for group, job in zip(groups, jobs, strict=True):
-        try:
-            outcomes.append(job.result())
-        except Exception as err:  # the job failed outside training: its log says why
-            log.error(f"jobs {group.jobs}: {cluster} job {job.job_id} failed: {err}")
-            outcomes.append([_portable(err)] * len(group.specs))
-    return outcomes
+    waits = [_JobWait(group, job, cluster) for group, job in zip(groups, jobs, strict=True)]
+    while not all(wait.outcome is not None for wait in waits):
+        for wait in waits:
+            if wait.outcome is None and (why := wait.look()) is not None:
+                wait.retry(why, executor, max_runs)
+        time.sleep(watch.poll_s())
+    return [wait.outcome for wait in waits]  # type: ignore[misc]
+
+
+class _JobWait:
+    """The wait for one group's job (see `on_slurm`)."""
+
+    def __init__(self, group: Group, job: submitit.Job, cluster: str):
+        self.group, self.job, self.cluster = group, job, cluster
+        self.attempts = 0
+        self.running_since: float | None = None  # None: queued (or requeued)
+        self.outcome: Outcome | None = None
+
+    def look(self) -> str | None:
+        """Set `outcome` once the job finished; or why it is to be submitted again."""
+        name = f"{self.cluster} job {self.job.job_id}"
+        if self.job.done():
+            try:
+                self.outcome = self.job.result()
+            except Exception as err:  # the job failed outside training: its log says why
+                return f"{name} failed: {_first_line(err)}"
+            return None
+        if self.job.state not in RUNNING:
+            self.running_since = None
+            return None
+        now = time.time()
+        self.running_since = self.running_since or now
+        run_dirs = [spec.run_dir for spec in self.group.specs]
+        latest = watch.last_progress(run_dirs, since=0.0)
+        if latest < self.running_since:  # starting: no progress of its own yet
+            if now - self.running_since > watch.startup_s():
+                return f"{name} made no progress within {watch.startup_s():.0f} s of its start"
+        elif now - latest > watch.hung_after_s():
+            return f"{name} made no progress for {now - latest:.0f} s (twice the liveness timeout)"
+        return None
+
+    def retry(self, why: str, executor: submitit.AutoExecutor, max_runs: int | None) -> None:
+        """Cancel the job and submit the group again, or give up after `RETRIES` retries."""
+        with contextlib.suppress(Exception):
+            self.job.cancel(check=False)
+        self.attempts += 1
+        if self.attempts > RETRIES:
+            message = f"gave up on jobs {self.group.jobs}: {why}, {RETRIES + 1} times"
+            log.error(message)
+            self.outcome = [GaveUp(message)] * len(self.group.specs)
+            return
+        self.job = executor.submit(GroupJob(), sendable(self.group), max_runs)
+        self.running_since = None
+        log.error(f"jobs {self.group.jobs}: {why}; submitted again as job {self.job.job_id}")
+
+
+RUNNING = {"RUNNING", "COMPLETING"}  # submitit's job states of a job that runs now
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
 
 
 def _submitit_parameters(options: dict[str, Any]) -> dict[str, Any]:
@@ -237,11 +208,11 @@ class GroupJob(submitit.helpers.Checkpointable):
     resumes the others from their checkpoints."""
 
     def __call__(self, group: Group, max_runs: int | None) -> Outcome:
-        _console("slurm")
+        console("slurm")
         return train_group(group, max_runs)
 
 
-def _sendable(group: Group) -> Group:
+def sendable(group: Group) -> Group:
     """`group` with its configs as plain containers, which pickle (typed ones, and nodes that
     carry their parent config, may not); interpolations are kept: the worker resolves them
     (`${oc.env:..}` in its own environment)."""
@@ -260,7 +231,7 @@ def _plain(mapping: Any) -> dict[str, Any]:
     return OmegaConf.to_container(mapping) if OmegaConf.is_config(mapping) else dict(mapping)
 
 
-def _portable(err: BaseException) -> BaseException:
+def portable(err: BaseException) -> BaseException:
     """`err` if it survives pickling (to come back from a worker), else a RuntimeError with
     its message."""
     try:

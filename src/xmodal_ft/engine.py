@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from xmodal_ft import checkpoint, metrics
+from xmodal_ft import checkpoint, lease, metrics
 from xmodal_ft.checkpoint import LoopState
 from xmodal_ft.errors import DEFAULT_LAUNCHER, LockstepError
 from xmodal_ft.layout import Single
@@ -254,6 +254,7 @@ def fit_runs(
             layout.clip(cfg.grad_clip)
         layout.step([optimizers[r] for r in live])
         layout.zero_grad()
+        lease.progress()  # liveness; raises lease.Lost once a run's lease was taken over
         loss_sums += losses.detach()
         for r in live:
             states[r].loss_count += 1
@@ -389,6 +390,7 @@ def _evaluate(
         with autocast(device):
             logits = model(x, lengths)
         preds.append(logits.argmax(dim=-1).view(runs, -1).cpu())
+        lease.progress()
     model.train(was_training)
     by_run = torch.cat(preds, dim=1)
     return [metrics.compute(names, pred, split.y) for pred in by_run]

@@ -40,13 +40,16 @@ class Device:
     def pin(self) -> None:
         """Confine this process to the device, before torch touches CUDA: the card becomes the
         only visible one (`device=auto` picks it), or the process runs on the cores alone with
-        one torch thread per core; a card's worker runs on its share of the host's cores, so
-        that the workers' CPU-side work does not oversubscribe them."""
+        one torch thread per core and sees no card (`device=auto` picks the CPU, also on a GPU
+        host); a card's worker runs on its share of the host's cores, so that the workers'
+        CPU-side work does not oversubscribe them."""
         cores = self.ids if self.kind == "cpu" else self.cores
         if self.kind == "cuda":
             visible = os.environ.get("CUDA_VISIBLE_DEVICES")
             cards = visible.split(",") if visible else None
             os.environ["CUDA_VISIBLE_DEVICES"] = cards[self.ids[0]] if cards else str(self.ids[0])
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""
         if cores and hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, cores)  # threads=null then gives one torch thread per core
 

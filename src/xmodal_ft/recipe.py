@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-import math
 import os
 import platform
 import shutil
@@ -31,6 +30,7 @@ from xmodal_ft import (
     lease,
     logs,
     models,
+    once,
     papers,
     pruning,
     record,
@@ -122,22 +122,22 @@ def train(
 ) -> list[float]:
     """Train runs of one configuration (they may differ in lr and seed) together, in lockstep;
     return each run's validation metric. Runs whose directory holds complete results of the same
-    config are skipped; so are runs whose lease (`xmodal_ft.lease`) a live worker holds (their
-    value: nan). At most `max_runs` train at once (None: `lockstep.max_runs`, from the model, the
-    batch shape and this process's `memory_share` of the device's free memory); `launcher` is
-    recorded in results.json."""
+    config are skipped; runs whose lease (`xmodal_ft.lease`) a live worker holds are waited for
+    and their value read from that worker's results (`xmodal_ft.once`). At most `max_runs` train
+    at once (None: `lockstep.max_runs`, from the model, the batch shape and this process's
+    `memory_share` of the device's free memory); `launcher` is recorded in results.json."""
     logs.quiet()
     values: dict[int, float] = {}
     earlier: list[pruning.Finished] = []  # the finished runs, for a pruner
-    todo = [i for i, spec in enumerate(specs) if not _done(spec, values, i, earlier)]
-    with contextlib.ExitStack() as leases:
-        todo = [
-            i for i in todo
-            if _leased(specs[i], leases) and not _done(specs[i], values, i, earlier)
-        ]  # fmt: skip
-        if todo:
-            _train_leased(specs, todo, values, launcher, max_runs, memory_share, earlier)
-    return [values.get(i, math.nan) for i in range(len(specs))]
+
+    def finished(i: int) -> float | None:
+        return values[i] if _done(specs[i], values, i, earlier) else None
+
+    def train_held(todo: list[int]) -> list[float]:
+        _train_leased(specs, todo, values, launcher, max_runs, memory_share, earlier)
+        return [values[i] for i in todo]
+
+    return once.train([spec.run_dir for spec in specs], finished, train_held)
 
 
 def _done(spec: RunSpec, values: dict[int, float], i: int, earlier: list[pruning.Finished]) -> bool:
@@ -149,16 +149,6 @@ def _done(spec: RunSpec, values: dict[int, float], i: int, earlier: list[pruning
     log.info("%s holds complete results of this config: skipped", spec.run_dir)
     values[i] = done[f"val/{done['metric']}"]
     earlier.append(pruning.Finished(spec.cfg.lr, done["history"], done.get("pruned_at")))
-    return True
-
-
-def _leased(spec: RunSpec, leases: contextlib.ExitStack) -> bool:
-    """Take the run's lease until `leases` closes; False (logged) when a live worker holds it."""
-    try:
-        leases.enter_context(lease.acquire(spec.run_dir))
-    except lease.Held as held:
-        log.info("%s: skipped", held)
-        return False
     return True
 
 
@@ -175,9 +165,11 @@ def _train_leased(
     cfg = specs[todo[0]].cfg
     device = engine.select_device(cfg.device)
     tokenizer = models.resolve_path(cfg.model.path) if cfg.model.path else None
-    data = tasks.build(_plain(cfg.task), cache_dir=cfg.cache_dir, tokenizer=tokenizer)
+    with lease.starting():  # data building reports no progress of its own
+        data = tasks.build(_plain(cfg.task), cache_dir=cfg.cache_dir, tokenizer=tokenizer)
     if max_runs is None and len(todo) > 1:
-        model = _build_model(cfg, data, device)
+        with lease.starting():
+            model = _build_model(cfg, data, device)
         pretrained = bool(cfg.variant.pretrained)
         max_runs = _lockstep().max_runs(
             model, cfg.batch_size, data.spec.seq_len, device, pretrained, memory_share
@@ -236,7 +228,8 @@ def _train(
     built: list[nn.Module] = []
     plans, rng_states = [], []
     for spec in specs:
-        model = _build_model(spec.cfg, data, device)
+        with lease.starting():  # model loading reports no progress of its own
+            model = _build_model(spec.cfg, data, device)
         total_steps = fit_cfgs[0].max_steps
         plans.append(schemes.build(model, scheme, lr=spec.cfg.lr, total_steps=total_steps))
         rng_states.append(rng_state())  # what this run's dropout starts from
@@ -281,6 +274,7 @@ def _train(
                            threads=thread_count)  # fmt: skip
             if launcher is not None:
                 payload["launcher"] = launcher
+            lease.check(specs[r].run_dir, "results")  # raises lease.Lost: it writes nothing
             trackers[r].summary(payload)
             record.write_results(specs[r].run_dir, payload)
             if paths[r] is not None:

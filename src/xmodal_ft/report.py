@@ -22,7 +22,7 @@ import json
 import logging
 import math
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +111,7 @@ def _parse(path: Path, payload: Any) -> Run:
         tests={k.removeprefix("test/"): float(v) for k, v in payload.items() if k[:5] == "test/"},
         test_examples=payload.get("test_examples"),
         pruned_at=payload.get("pruned_at"),
+        threads=payload.get("threads"),
     )
 
 
@@ -231,8 +232,9 @@ def aggregate(runs: list[Run]) -> list[Selection]:
             for s in per_lr
             if s.pruned
         }
+        threads = dict(sorted(Counter(r.threads for r in members if r.threads).items()))
         selections.append(
-            Selection(group, members[0].metric, per_lr, best, by_lr[best.lr], excluded)
+            Selection(group, members[0].metric, per_lr, best, by_lr[best.lr], excluded, threads)
         )
     return selections
 
@@ -410,6 +412,7 @@ def _write_markdown(
                 lines += [f"| {task} | {row} |"]
             lines += [""]
     lines += _pruned(selections)
+    lines += _thread_counts(selections)
     if failures:
         lines += _failures(failures, sum(len(p.seeds) for s in selections for p in s.per_lr))
     if skipped:
@@ -433,6 +436,30 @@ def _pruned(selections: list[Selection]) -> list[str]:
         at = [f"{lr:.0e} (step {', '.join(map(str, steps))})" for lr, steps in s.excluded.items()]
         lines.append(f"- {' / '.join(s.group)}: lr {', '.join(at)}")
     return [*lines, ""]
+
+
+def _thread_counts(selections: list[Selection]) -> list[str]:
+    """The groups whose runs trained on different thread counts (`threads` is not hashed)."""
+    mixed = [s for s in selections if len(s.threads) > 1]
+    if not mixed:
+        return []
+    lines = [
+        "## Thread counts",
+        "",
+        "Runs of these groups trained on different numbers of torch threads (`threads`, not part "
+        "of the config hash: a relaunch on another machine or core set keeps finished runs), "
+        "which changes results in the last digits; rerun them with one `threads=N` to compare "
+        "them exactly:",
+        "",
+    ]
+    return [*lines, *(f"- {' / '.join(s.group)}: {_counts(s.threads)}" for s in mixed), ""]
+
+
+def _counts(threads: dict[int, int]) -> str:
+    def runs(n: int) -> str:
+        return f"{n} run{'s' * (n != 1)}"
+
+    return ", ".join(f"{runs(n)} on {t} thread{'s' * (t != 1)}" for t, n in threads.items())
 
 
 def _failures(failures: list[Failure], complete: int) -> list[str]:
@@ -506,6 +533,10 @@ def main(argv: list[str] | None = None) -> None:
         if s.excluded:
             lrs = ", ".join(f"{lr:.0e}" for lr in s.excluded)
             log.info("%s: pruned lr %s left out of the choice (†)", " / ".join(s.group), lrs)
+    for s in selections:
+        if len(s.threads) > 1:
+            log.warning("%s: runs trained on different thread counts (%s): results may differ "
+                        "in the last digits", " / ".join(s.group), _counts(s.threads))  # fmt: skip
     failures = failed_runs(args.dirs)
     for f in failures:
         log.warning("no complete results: %s (%s): %s", f.path, f.status, f.error)

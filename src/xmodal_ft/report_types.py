@@ -27,6 +27,7 @@ class Run:
     tests: dict[str, float] = field(default_factory=dict)  # every test metric
     test_examples: int | None = None  # the test split's size (None: not recorded)
     pruned_at: int | None = None  # the step a pruner stopped it at (None: not pruned)
+    threads: int | None = None  # torch's intra-op threads it trained on (None: not recorded)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class Selection:
     best: LrStats
     runs: list[Run]  # the runs at the chosen LR
     excluded: dict[float, tuple[int, ...]] = field(default_factory=dict)  # pruned LR: steps
+    threads: dict[int, int] = field(default_factory=dict)  # thread count: runs of the group
 
 
 @dataclass(frozen=True)

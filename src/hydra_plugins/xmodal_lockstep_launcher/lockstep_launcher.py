@@ -83,7 +83,7 @@ class LockstepLauncher(Launcher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
-        from xmodal_ft import dispatch, placement
+        from xmodal_ft import placement, workers
 
         assert self.config is not None and self.hydra_context is not None
         setup_globals()
@@ -91,11 +91,11 @@ class LockstepLauncher(Launcher):
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         devices = [] if self.slurm else placement.resolve(self.devices)
         with contextlib.ExitStack() as stack:
-            workers = stack.enter_context(dispatch.Workers(devices)) if devices else None
+            pool = stack.enter_context(workers.Workers(devices)) if devices else None
             returns, queues = self._set_up(job_overrides, initial_job_idx)
             specs = [spec for queue in queues for spec in queue]
             job_of = [job for job, queue in enumerate(queues) for _ in queue]
-            values = self._train(specs, job_of, returns, workers)
+            values = self._train(specs, job_of, returns, pool)
         for job, ret in enumerate(returns):
             if ret.status != JobStatus.COMPLETED:
                 continue
@@ -167,6 +167,14 @@ class LockstepLauncher(Launcher):
         for group, outcome in zip(lockstep_groups, outcomes, strict=True):
             for i, value in zip(group.index, outcome, strict=True):
                 values[i] = value
+        given_up = sorted(
+            {job_of[i] for i, v in enumerate(values) if isinstance(v, dispatch.GaveUp)}
+        )
+        if given_up:
+            log.error(
+                f"gave up on jobs {given_up} (their workers or jobs died or hung, see above); "
+                "the same command with the same hydra.sweep.dir resumes them"
+            )
         return values
 
 
