@@ -166,9 +166,7 @@ class _Link:
         return prune
 
 
-def pruner(
-    specs: Sequence[RunSpec], metric: str, done: Sequence[pruning.Finished]
-) -> TrialPruner:
+def pruner(specs: Sequence[RunSpec], metric: str, done: Sequence[pruning.Finished]) -> TrialPruner:
     """The `TrialPruner` of a lockstep group of trials' runs (`recipe._pruner`)."""
     trials = [_identity(spec.cfg.get(KEY)) for spec in specs]
     return TrialPruner(trials, [float(spec.cfg.lr) for spec in specs], metric, done)

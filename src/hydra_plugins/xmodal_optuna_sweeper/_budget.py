@@ -61,7 +61,5 @@ def retries(trials: Iterable[FrozenTrial], first: int) -> int:
     """How often trial `first` has been retried (its chain's retries, duplicates left out)."""
     trials = list(trials)
     return sum(
-        1
-        for t in trials
-        if t.system_attrs.get(RETRY_OF) == first and not is_duplicate(trials, t)
+        1 for t in trials if t.system_attrs.get(RETRY_OF) == first and not is_duplicate(trials, t)
     )
