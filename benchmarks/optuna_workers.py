@@ -31,9 +31,9 @@ TRIAL = ["task=digits", "model=tiny_gpt2", "variant=unfrozen_random", "max_steps
 READER = """
 import json, sys, optuna
 url = sys.argv[1]
-if url.startswith("journal:"):
+if "://" not in url:  # a journal file
     from optuna.storages.journal import JournalFileBackend
-    url = optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+    url = optuna.storages.JournalStorage(JournalFileBackend(url))
 study = optuna.load_study(study_name="xmodal_ft", storage=url)
 print(json.dumps([
     {"state": t.state.name, "start": t.datetime_start.timestamp() if t.datetime_start else None,
@@ -66,7 +66,7 @@ def _measure(
     kind: str, where: Path, n_trials: int, repo: Path, python: str, workers: int,
     extra: tuple[str, ...],
 ) -> dict[str, Any]:  # fmt: skip
-    url = f"sqlite:///{where}/study.db" if kind == "sqlite" else f"journal:{where}/study.log"
+    url = f"sqlite:///{where}/study.db" if kind == "sqlite" else f"{where}/study.log"
     cmd = [python, "train.py", "-m", "sweep=optuna", *TRIAL, f"hydra.sweeper.n_trials={n_trials}",
            f"hydra.sweeper.storage={url}", f"hydra.sweep.dir={where}/sweep", *extra]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
