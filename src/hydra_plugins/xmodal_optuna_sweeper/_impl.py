@@ -66,6 +66,7 @@ class SharedStudySweeper(Sweeper):
         self.grace_period, self.max_retry = grace_period, max_retry
         self.wait_for_others, self.max_wait = wait_for_others, max_wait
         self.held: set[int] = set()  # numbers of the trials this worker runs
+        self.batch_size = n_jobs  # setup: 1 under the basic launcher
         self.watch = _liveness.Watch(grace_period)
         self._capped: set[int] = set()  # failed trials not retried again (max_retry), logged
 
@@ -116,6 +117,16 @@ class SharedStudySweeper(Sweeper):
             )
 
     def sweep(self, arguments: list[str]) -> None:
+        self.open(arguments)
+        self._fill()
+        trials = self.study.get_trials(deepcopy=False)
+        done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        log.info(f"Study {self.study.study_name}: {len(done)} trials complete or pruned")
+        self._write_results()
+
+    def open(self, arguments: Sequence[str]) -> None:
+        """Parse the search space, then create or load the study (this worker's view of it)."""
+        self.directions = _directions(self.direction)
         space, fixed = _space.parse(self.params, arguments)
         sampler, n_trials = self.sampler, self.n_trials
         if isinstance(sampler, functools.partial):  # the grid sampler: its grid is the space
@@ -138,11 +149,6 @@ class SharedStudySweeper(Sweeper):
             f"Study {study.study_name} in {_storage.describe(self.storage)}: {n_trials} trials"
             f" in all, sampler {type(sampler).__name__}{pruner}"
         )
-        self._fill()
-        trials = study.get_trials(deepcopy=False)
-        done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-        log.info(f"Study {study.study_name}: {len(done)} trials complete or pruned")
-        self._write_results()
 
     # The loop ------------------------------------------------------------------------------
 
@@ -282,6 +288,12 @@ class SharedStudySweeper(Sweeper):
         first_job = batch[0].number * self.n_jobs
         overrides = [self._configure(trial, first_job + i) for i, trial in enumerate(batch)]
         returns = self.launcher.launch(overrides, initial_job_idx=first_job)
+        return self._tell_batch(batch, returns)
+
+    def _tell_batch(self, batch: Sequence[Trial], returns: Sequence[JobReturn]) -> bool:
+        """Tell every trial of `batch` its job's outcome, whatever the others' (a NaN is
+        told FAIL); raise the jobs' error only when more than `max_failure_rate` of them
+        raised; True when a job was scored."""
         failures: list[BaseException] = []
         unscored = 0
         for trial, ret in zip(batch, returns, strict=True):
