@@ -24,13 +24,14 @@ from benchmarks import hardware, report, suite
 from benchmarks.cases import ROOT
 from benchmarks.lockstep import cases as lockstep_cases
 from benchmarks.lockstep import lockstep_sweeps
+from benchmarks.optuna_workers import optuna_workers
 from benchmarks.scale_out import scale_out
 from benchmarks.sweep import sweep_overhead
 from xmodal_ft import engine
 
 log = logging.getLogger("benchmarks")
 SECTIONS = (
-    "throughput", "memory", "sweep", "lockstep", "scale-out", "optimisations", "scaling"
+    "throughput", "memory", "sweep", "lockstep", "scale-out", "optuna", "optimisations", "scaling"
 )  # fmt: skip
 
 
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> None:
             out["lockstep"] = lockstep_sweeps(args.quick, args.cases)
         elif section == "scale-out":
             out["scale-out"] = scale_out(args.quick)
+        elif section == "optuna":
+            out["optuna"] = optuna_workers(args.quick)
         else:
             out[section] = _run_jobs(suite.SECTIONS[section](args.quick))
         out["seconds"] = time.perf_counter() - start
