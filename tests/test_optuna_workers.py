@@ -294,6 +294,26 @@ def looking(sweeper: SharedStudySweeper, seconds: float = 30) -> list[optuna.Tri
     return made
 
 
+def test_a_retry_finding_its_runs_still_trained_is_retried_once_they_are_free(tmp_path) -> None:
+    # A trial judged dead wrongly (its worker stalled past the grace): its retry's job finds the
+    # runs leased by the first worker and returns NaN; the chain goes on once the lease is gone.
+    url = f"sqlite:///{tmp_path}/study.db"
+    one, stalled = worker(url, grace_period=0.5), worker(url)
+    first = asked(stalled)
+    dirs = _liveness.run_dirs(tmp_path / "lr=x", None)
+    stalled.store.set_trial_system_attr(stalled._id(first.number), _liveness.RUN_DIRS, dirs)
+    [retry] = looking(one)
+    with lease.acquire(Path(dirs[0])):  # the stalled worker trains on
+        one._tell_batch([retry], [job(math.nan)])
+        assert _budget.DEAD in one._trials()[retry.number].system_attrs
+        assert looking(one, seconds=1.5) == []  # not while its runs train
+    [again] = looking(one)
+    assert again.params == first.params
+    assert stalled._tell(first.number, [0.5], TrialState.COMPLETE) is False  # too late: logged
+    one._tell_batch([again], [job(0.5)])  # the runs are done: the value at once
+    assert [t.state for t in one._trials()] == [TrialState.FAIL] * 2 + [TrialState.COMPLETE]
+
+
 def test_a_dead_trial_is_retried_at_most_max_retry_times(tmp_path) -> None:
     url = f"sqlite:///{tmp_path}/study.db"
     one = worker(url, grace_period=0.5)

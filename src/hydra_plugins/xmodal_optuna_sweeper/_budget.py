@@ -24,7 +24,8 @@ RETRY_OF = "failed_trial"  # the first failed trial of a retry chain (optuna.sto
 RETRIES = "xmodal_retries"  # the failed trial this one retries (the chain's last link)
 EXCESS = "xmodal_excess"  # asked after the budget was used up; never run
 UNSCORED = "xmodal_unscored"  # its runs were trained by another worker's trial: no value
-DEAD = "xmodal_dead"  # its worker died (no live lease in its run dirs for the grace period)
+DEAD = "xmodal_dead"  # its worker died (no live lease in its run dirs for the grace period), or
+# it retried a trial whose worker lived on after all (its runs were leased): to be retried
 DUPLICATE = "xmodal_duplicate"  # a retry created beside the winning one; never run
 
 

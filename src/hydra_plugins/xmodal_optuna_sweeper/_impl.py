@@ -222,8 +222,8 @@ class SharedStudySweeper(Sweeper):
         for failed in trials:
             if failed.state != TrialState.FAIL or _budget.DEAD not in failed.system_attrs:
                 continue
-            if _budget.retry_of(trials, failed.number) is not None:
-                continue
+            if _budget.retry_of(trials, failed.number) is not None or _liveness.live(failed):
+                continue  # retried already, or its runs still train (judged dead wrongly)
             first = failed.system_attrs.get(_budget.RETRY_OF, failed.number)
             tried = _budget.retries(trials, first)
             if self.max_retry is not None and tried >= self.max_retry:
@@ -351,12 +351,19 @@ class SharedStudySweeper(Sweeper):
     def _outcome(self, trial: Trial, ret: JobReturn) -> tuple[TrialState, list[float] | None]:
         """The state and values to tell for a job's return (raises the job's own error)."""
         values = _values(ret, len(self.directions))
-        if any(math.isnan(v) for v in values):
-            self._mark(trial.number, _budget.UNSCORED)
-            log.warning(
-                f"trial {trial.number} {trial.params}: no value (another worker's trial was"
-                " training its runs): failed, and not counted in n_trials"
-            )
+        if any(math.isnan(v) for v in values):  # its runs were leased by another worker's trial
+            if _budget.RETRY_OF in self.store.get_trial_system_attrs(self._id(trial.number)):
+                self._mark(trial.number, _budget.DEAD)  # the trial it retries lived on
+                log.warning(
+                    f"trial {trial.number} {trial.params}: no value (its runs are still being"
+                    " trained elsewhere): failed, to be retried once they are free"
+                )
+            else:
+                self._mark(trial.number, _budget.UNSCORED)
+                log.warning(
+                    f"trial {trial.number} {trial.params}: no value (another worker's trial was"
+                    " training its runs): failed, and not counted in n_trials"
+                )
             return TrialState.FAIL, None
         if self.pruner is not None and self._pruned(trial):
             return TrialState.PRUNED, None
