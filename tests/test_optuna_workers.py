@@ -370,12 +370,20 @@ def test_a_trials_seeds_are_judged_together_by_optunas_pruner() -> None:
     study.tell(done, 0.5)
     trial_pruning.share(study, store)
     ident = {"storage": None, "study": "together", "number": study.ask().number}
-    # Seed 0 beats the finished trial (0.6 > 0.5), seed 1 does not: their mean (0.45) does not.
-    judged = trial_pruning.TrialPruner([ident, ident], [1e-3, 1e-3], "acc")
-    assert judged.prune(0, [history(0.1), history(0.1)], {0, 1}) == []
-    assert judged.prune(2, [history(0.1, 0.6), history(0.1, 0.3)], {0, 1}) == [0, 1]
+    other = {"storage": None, "study": "together", "number": study.ask().number}
+    # One lockstep group of two trials' seeds (n_jobs trials under the lockstep launcher). In
+    # trial 1, seed 0 beats the finished trial (0.6 > 0.5) and seed 1 does not: their mean (0.45)
+    # does not, and both stop; trial 2's seeds (mean 0.55) train on.
+    judged = trial_pruning.TrialPruner([ident, ident, other, other], [1e-3, 1e-3, 2e-3, 2e-3],
+                                       "acc")  # fmt: skip
+    assert judged.prune(0, [history(0.1)] * 4, {0, 1, 2, 3}) == []
+    passes = [history(0.1, 0.6), history(0.1, 0.3), history(0.1, 0.6), history(0.1, 0.5)]
+    assert judged.prune(2, passes, {0, 1, 2, 3}) == [0, 1]
     assert judged.pruned_at == {0: 2, 1: 2}
     assert study.trials[1].intermediate_values == {0: 0.1, 2: pytest.approx(0.45)}
+    assert study.trials[2].intermediate_values == {0: 0.1, 2: pytest.approx(0.55)}
+    assert judged.prune(4, [*passes[:2], history(0.1, 0.6, 0.7), history(0.1, 0.5, 0.5)],
+                        {2, 3}) == []  # fmt: skip
 
 
 def test_a_pruned_trial_trains_its_seeds_in_one_group_and_stops_them_together(
