@@ -325,6 +325,23 @@ def test_a_dead_trial_is_retried_at_most_max_retry_times(tmp_path) -> None:
     assert [t.state for t in one._trials()] == [TrialState.FAIL, TrialState.FAIL]
 
 
+def test_waiting_for_others_is_bounded_and_names_what_it_gave_up_on(tmp_path, caplog) -> None:
+    url = f"sqlite:///{tmp_path}/study.db"
+    mine, other = worker(url, n_trials=1, grace_period=0.6), worker(url)
+    running = asked(other)
+    dirs = _liveness.run_dirs(tmp_path / "lr=x", [0])
+    other.store.set_trial_system_attr(other._id(running.number), _liveness.RUN_DIRS, dirs)
+    mine.max_wait = 1.0
+    started = time.monotonic()
+    with lease.acquire(Path(dirs[0])):  # live all along: never judged dead
+        mine._fill()
+    assert 1.0 < time.monotonic() - started < 10
+    assert f"Gave up waiting after 1 s (hydra.sweeper.max_wait) for trials 0 {running.params}" in (
+        caplog.text
+    )
+    assert f"(live; {dirs[0]})" in caplog.text
+
+
 def ask_until_done(url: str, n_trials: int, start: multiprocessing.synchronize.Event) -> None:
     """A worker that asks trials of the budget and completes each at once."""
     asker = worker(url, n_trials)
