@@ -36,7 +36,6 @@ from . import _budget, _liveness, _space, _storage
 log = logging.getLogger(__name__)
 STORAGE_ERRORS = (SQLAlchemyError, StorageInternalError, OSError)
 NOT_COPIED = {_budget.DEAD, _budget.DUPLICATE, _budget.UNSCORED, _budget.EXCESS}
-LOCKSTEP_REFUSED = "scheme=gradual_unfreeze, grad_checkpointing=true or compile=true"
 
 
 class SharedStudySweeper(Sweeper):
@@ -112,8 +111,9 @@ class SharedStudySweeper(Sweeper):
         )
         if len(config.get("seeds") or ()) > 1 and refused:
             raise UserError(
-                f"hydra.sweeper.pruner judges a trial's seeds together, trained in lockstep,"
-                f" which {LOCKSTEP_REFUSED} rule out: set seeds=[0] or hydra.sweeper.pruner=null"
+                "hydra.sweeper.pruner judges a trial's seeds together, trained in lockstep,"
+                " which scheme=gradual_unfreeze, grad_checkpointing=true and compile=true rule"
+                " out: set seeds=[0] or hydra.sweeper.pruner=null"
             )
 
     def sweep(self, arguments: list[str]) -> None:
@@ -130,7 +130,7 @@ class SharedStudySweeper(Sweeper):
         space, fixed = _space.parse(self.params, arguments)
         sampler, n_trials = self.sampler, self.n_trials
         if isinstance(sampler, functools.partial):  # the grid sampler: its grid is the space
-            grid = _space.grid({k: v for k, v in space.items() if k not in fixed})
+            grid = _space.grid(space)
             sampler = sampler(grid)
             n_trials = min(n_trials, math.prod(len(values) for values in grid.values()))
         self.n_trials, self.space, self.fixed = n_trials, space, fixed
@@ -319,8 +319,7 @@ class SharedStudySweeper(Sweeper):
         """The trial's overrides (its sampled parameters, then the fixed ones); its run dirs and
         the pruner's config are recorded in the trial for other workers and its job."""
         for name, dist in self.space.items():
-            if name not in self.fixed:
-                _suggest(trial, name, dist)
+            _suggest(trial, name, dist)
         for name, value in self.fixed.items():
             trial.set_user_attr(name, value)
         if self.custom_search_space:
