@@ -233,11 +233,14 @@ def test_a_nan_or_failed_job_is_told_fail_and_the_rest_of_the_batch_is_told(tmp_
 
 
 def test_a_job_error_past_max_failure_rate_raises_after_the_whole_batch_is_told(tmp_path) -> None:
-    mine = worker(f"sqlite:///{tmp_path}/study.db")
-    batch = [asked(mine) for _ in range(2)]
+    url = f"sqlite:///{tmp_path}/study.db"
+    mine, other = worker(url), worker(url)
+    batch = [asked(mine) for _ in range(3)]
+    other.study.tell(batch[0].number, state=TrialState.FAIL)  # judged dead: its runs taken over
+    mine._tell_batch(batch[:1], [job(RuntimeError("lost its runs"))])  # not counted: no raise
     with pytest.raises(RuntimeError, match="job died"):
-        mine._tell_batch(batch, [job(RuntimeError("job died")), job(0.7)])
-    assert [t.state for t in mine._trials()] == [TrialState.FAIL, TrialState.COMPLETE]
+        mine._tell_batch(batch[1:], [job(RuntimeError("job died")), job(0.7)])
+    assert [t.state for t in mine._trials()] == [TrialState.FAIL] * 2 + [TrialState.COMPLETE]
 
 
 def test_a_trial_is_dead_after_grace_period_without_a_live_lease_in_its_run_dirs(tmp_path) -> None:

@@ -291,28 +291,34 @@ class SharedStudySweeper(Sweeper):
         return self._tell_batch(batch, returns)
 
     def _tell_batch(self, batch: Sequence[Trial], returns: Sequence[JobReturn]) -> bool:
-        """Tell every trial of `batch` its job's outcome, whatever the others' (a NaN is
-        told FAIL); raise the jobs' error only when more than `max_failure_rate` of them
-        raised; True when a job was scored."""
-        failures: list[BaseException] = []
+        """Tell every trial of `batch` its job's outcome, whatever the others' (a NaN is told
+        FAIL); raise a job's error only when more than `max_failure_rate` of the batch's jobs
+        raised (a job of a trial another worker had failed meanwhile, judged dead, is not
+        counted: its runs were taken over); True when a job was scored."""
+        failed: list[JobReturn] = []
         unscored = 0
         for trial, ret in zip(batch, returns, strict=True):
             try:
                 state, values = self._outcome(trial, ret)
                 unscored += state == TrialState.FAIL  # its runs were another worker's
             except Exception as err:  # the job failed, or returned no usable value
-                log.warning(f"trial {trial.number} failed: {err}")
-                failures.append(err)
                 state, values = TrialState.FAIL, None
+                if self.store.get_trial(self._id(trial.number)).state == TrialState.RUNNING:
+                    log.warning(f"trial {trial.number} failed: {err}")
+                    failed.append(ret)
+                else:
+                    log.warning(
+                        f"trial {trial.number}: its job failed ({err}) after another worker had"
+                        " failed the trial (judged dead): not counted"
+                    )
             self._tell(trial.number, values, state)
             self.held.discard(trial.number)
-        if len(failures) / len(returns) > self.max_failure_rate:
+        if len(failed) / len(returns) > self.max_failure_rate:
             log.error(
-                f"{len(failures)} of {len(returns)} jobs failed"
+                f"{len(failed)} of {len(returns)} jobs failed"
                 f" (hydra.sweeper.max_failure_rate={self.max_failure_rate})"
             )
-            for ret in returns:
-                ret.return_value  # noqa: B018 (JobReturn raises the job's error with its traceback)
+            failed[0].return_value  # noqa: B018 (JobReturn raises the job's error, traceback too)
         return unscored < len(batch)
 
     def _configure(self, trial: Trial, job_num: int) -> list[str]:
