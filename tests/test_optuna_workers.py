@@ -482,7 +482,7 @@ def test_two_workers_complete_n_trials_in_all_each_run_once(tmp_path, kind) -> N
 def test_two_workers_sampling_a_categorical_lr_finish_without_crashing(tmp_path) -> None:
     url, n_trials = f"sqlite:///{tmp_path}/study.db", 4
     args = [*SHARED, f"hydra.sweeper.storage={url}", f"hydra.sweeper.n_trials={n_trials}",
-            "hydra.sweeper.params.lr=choice(0.001,0.003)", "max_steps=16"]  # fmt: skip
+            "lr=choice(0.001,0.003)", "max_steps=16"]  # fmt: skip
     workers = [sweep(tmp_path / "sweep", *args, wait=False) for _ in range(2)]
     outputs = [each.communicate(timeout=600)[0] for each in workers]
     assert [each.returncode for each in workers] == [0, 0], outputs
@@ -496,27 +496,22 @@ def test_two_workers_sampling_a_categorical_lr_finish_without_crashing(tmp_path)
 
 @pytest.mark.slow
 def test_a_trial_is_pruned_from_its_validation_passes_in_a_sweep(tmp_path) -> None:
-    # In memory (storage null: the grid's order is the seeded sampler's), the jobs in the
-    # sweeper's process; a trial that learns first, then two that cannot (lr 1e-6).
-    out = sweep(
-        tmp_path,
-        "sweep=optuna",
-        "seeds=[0,1]",
-        "hydra/sweeper/sampler=grid",
-        "hydra.sweeper.params.lr=choice(0.01,0.000001,0.000002)",
-        "max_steps=24",
-        "eval_every=4",
-        "hydra/sweeper/pruner=median",
-        "hydra.sweeper.pruner.n_startup_trials=1",
-        "hydra.sweeper.n_trials=3",
-    ).output
-    runs = results(tmp_path)
-    assert sorted({r["config"]["lr"] for r in runs}) == [1e-6, 2e-6, 0.01]
-    for lr in (1e-6, 2e-6):  # both seeds of each slow LR stop at one pass, before the budget
-        [first, second] = [r for r in runs if r["config"]["lr"] == lr]
-        assert first["pruned_at"] == second["pruned_at"] < 24
-    assert not any(r.get("pruned") for r in runs if r["config"]["lr"] == 0.01)
-    assert out.count("pruned by Optuna") == 2 and "2 runs at once" in out
+    # Two launches on one journal file (the jobs load the study from it): trial 0 at lr 0.01
+    # learns; trial 1 at lr 1e-6 cannot, and the median pruner stops both its seeds at once.
+    url = str(tmp_path / "study.log")
+    args = ["sweep=optuna", "seeds=[0,1]", "max_steps=24", "eval_every=4",
+            "hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=1",
+            f"hydra.sweeper.storage={url}"]  # fmt: skip
+    sweep(tmp_path / "sweep", *args, "lr=0.01", "hydra.sweeper.n_trials=1")
+    out = sweep(tmp_path / "sweep", *args, "lr=0.000001", "hydra.sweeper.n_trials=2").output
+    runs = {(r["config"]["lr"], r["config"]["seed"]): r for r in results(tmp_path / "sweep")}
+    assert sorted(runs) == [(1e-6, 0), (1e-6, 1), (0.01, 0), (0.01, 1)]
+    assert not runs[0.01, 0].get("pruned") and not runs[0.01, 1].get("pruned")
+    assert runs[1e-6, 0]["pruned_at"] == runs[1e-6, 1]["pruned_at"] < 24  # judged together
+    assert "trial 1: pruned by Optuna" in out and "2 runs at once" in out
+    first, second = study_trials(url)
+    assert (first.state, second.state) == (TrialState.COMPLETE, TrialState.PRUNED)
+    assert max(second.intermediate_values) == runs[1e-6, 0]["pruned_at"]
 
 
 @pytest.mark.slow
