@@ -25,13 +25,15 @@ from benchmarks.cases import ROOT
 from benchmarks.faults import faults
 from benchmarks.lockstep import cases as lockstep_cases
 from benchmarks.lockstep import lockstep_sweeps
+from benchmarks.optuna_workers import optuna_workers
 from benchmarks.scale_out import scale_out
 from benchmarks.sweep import sweep_overhead
 from xmodal_ft import engine
 
 log = logging.getLogger("benchmarks")
 SECTIONS = (
-    "throughput", "memory", "sweep", "lockstep", "scale-out", "optimisations", "scaling", "faults"
+    "throughput", "memory", "sweep", "lockstep", "scale-out", "optuna", "optimisations", "scaling",
+    "faults",
 )  # fmt: skip
 
 
@@ -55,6 +57,8 @@ def main(argv: list[str] | None = None) -> None:
             out["scale-out"] = scale_out(args.quick)
         elif section == "faults":
             out["faults"] = faults(args.quick)
+        elif section == "optuna":
+            out["optuna"] = optuna_workers(args.quick)
         else:
             out[section] = _run_jobs(suite.SECTIONS[section](args.quick))
         out["seconds"] = time.perf_counter() - start

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from benchmarks import optuna_workers
 from xmodal_ft.record import write_json_atomic
 
 GiB = 2**30
@@ -66,6 +67,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines += _scale_out(report["scale-out"])
     if "faults" in report:
         lines += _faults(report["faults"])
+    if "optuna" in report:
+        lines += optuna_workers.markdown(report["optuna"])
     return "\n".join(lines)
 
 

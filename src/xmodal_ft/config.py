@@ -62,6 +62,7 @@ class Config:
     checkpoint_every: int | None = MISSING
     seeds: list[int] | None = MISSING
     debug: bool = MISSING
+    optuna_trial: Any = None  # set by hydra/sweeper=xmodal_optuna with a pruner (trial_pruning)
 
 
 @dataclass

@@ -8,8 +8,7 @@
   classification never uses special-token ids (the tiny models keep GPT-2's 50256 in a vocab of 99);
 - transformers' "Loading weights" progress bar (a local load takes well under a second; download
   bars are huggingface_hub's and stay);
-- the SQLAlchemy 2.0 deprecation warning raised by optuna's storage module (pyproject pins
-  sqlalchemy < 2) and alembic's "setup plugin" lines (INFO, printed when optuna is imported).
+- alembic's "setup plugin" lines (INFO, printed when optuna's database storage is used).
 Everything else, warnings included, is shown as its library emits it.
 """
 
@@ -17,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import re
-import warnings
 from typing import Any
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -78,8 +76,4 @@ def quiet() -> None:
             return previous(factory, args, kwargs) if previous else factory(*args, **kwargs)
 
         set_hook(no_loading_bar)
-    warnings.filterwarnings(
-        "ignore", message=r"Deprecated API features detected! These feature\(s\) are not "
-        r"compatible with SQLAlchemy 2\.0", module=r"optuna\.",
-    )  # fmt: skip
     logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -37,6 +37,7 @@ from xmodal_ft import (
     schemes,
     tasks,
     threads,
+    trial_pruning,
     variants,
 )
 from xmodal_ft.engine import FitConfig, FitResult, TrainPlan
@@ -97,7 +98,10 @@ def run(
     if queue is not None:
         queue.append(specs)
         return float("nan")
-    values = [train([spec])[0] for spec in specs]
+    if trial_pruning.judged_together(cfg):  # an Optuna trial's pruner judges its seeds at once
+        values = train(specs)
+    else:
+        values = [train([spec])[0] for spec in specs]
     if cfg.get("seeds"):
         log.info("mean validation metric over seeds %s: %.4f", list(cfg.seeds), mean(values))
     return mean(values)
@@ -300,8 +304,11 @@ def _lockstep() -> ModuleType:
 
 def _pruner(
     cfg: DictConfig, specs: Sequence[RunSpec], metric: str, done: Sequence[pruning.Finished]
-) -> pruning.GroupPruner | None:
-    """The pruner of a lockstep group (`pruner=<rule>`; `done`: its runs that trained before)."""
+) -> pruning.GroupPruner | trial_pruning.TrialPruner | None:
+    """The pruner of a lockstep group (`pruner=<rule>`; `done`: its runs that trained before),
+    or of Optuna trials' runs (`trial_pruning`)."""
+    if trial_pruning.judged_together(cfg):
+        return trial_pruning.pruner(specs, metric, done)
     if cfg.get("pruner") is None:
         return None
     if len(specs) + len(done) == 1:

@@ -20,6 +20,7 @@ METRICS = "metrics.jsonl"
 # and, through conf/config.yaml's `${not_hashed:}`, out of its multirun directory name (so a
 # relaunch with progress=false still finds its runs). `sweep=<option>` only sets Hydra's sweeper;
 # `threads` changes speed and at most the last digits (a resumed run keeps its count: threads.py).
+# `optuna_trial` names the Optuna trial a job reports to (trial_pruning), not what it trains.
 NOT_HASHED = frozenset(
     {
         "cache_dir",
@@ -27,6 +28,7 @@ NOT_HASHED = frozenset(
         "debug",
         "log_every",
         "logger",
+        "optuna_trial",
         "progress",
         "sweep",
         "threads",

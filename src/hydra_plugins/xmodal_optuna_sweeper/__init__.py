@@ -1,2 +1,3 @@
-"""Hydra sweeper `xmodal_optuna`: hydra-optuna-sweeper whose study can be shared by several
-workers (`n_trials` in total, heartbeats, a dead worker's trial retried)."""
+"""Hydra sweeper `xmodal_optuna`: Optuna sweeps (hydra-optuna-sweeper's keys and grammar on a
+current Optuna) whose study several workers fill together (`n_trials` in total, liveness from the
+runs' leases, a dead worker's trial retried, Optuna's pruners on validation passes)."""

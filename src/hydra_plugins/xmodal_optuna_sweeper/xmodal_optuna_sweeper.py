@@ -1,45 +1,28 @@
-"""`hydra/sweeper=xmodal_optuna`: hydra-optuna-sweeper (its keys, samplers and search space) whose
-study several workers — local processes, SLURM jobs — can fill together through one storage.
+"""`hydra/sweeper=xmodal_optuna` (`sweep=optuna`): Optuna sweeps on a current Optuna, with
+hydra-optuna-sweeper's keys and override grammar, whose study several workers — local processes,
+SLURM jobs — fill together through one storage (a database or a journal file).
 
-- `n_trials` counts the whole study, not each worker: the budget is the study's first `n_trials`
-  fresh trials in trial-number order (`_budget`), so workers started together, one after another
-  or relaunched stop once the study has them; a trial one asks past the budget (a race) is told
-  FAIL with the system attribute `xmodal_excess` and never run.
-- While a worker trains its trials, a thread records their heartbeats in the storage every
-  `heartbeat_interval` s. Before each batch a worker fails the RUNNING trials of other workers
-  whose heartbeat is older than `grace_period` s (a killed worker) and runs their retries: new
-  trials with the same parameters (Optuna's `failed_trial` system attribute names the first one),
-  up to `max_retry` times each. A retry replaces its trial in the budget; with the same `lr` it has
-  the same run dir, so it resumes from the dead worker's checkpoint.
-- With `wait_for_others`, a worker with no trial left waits for the other workers' RUNNING
-  trials, so that the study ends complete even if they die (the retry runs here).
+- `n_trials` counts the whole study, not each worker (`_budget`): workers started together, one
+  after another or relaunched stop once the study has them.
+- Liveness is the runs' leases (`_liveness`): another worker's running trial none of whose run
+  dirs has had a live lease for `grace_period` s is failed and retried with its parameters (its
+  run dirs, so it resumes from the dead worker's checkpoints), at most `max_retry` times.
+- A job that returns no value (NaN: its runs were being trained by another worker's trial of the
+  same parameters) is told FAIL and does not count towards `n_trials`; no outcome of a job, and
+  no trial another worker finished first, stops the worker or the rest of its batch.
+- `pruner` (hydra/sweeper/pruner=median|successive_halving|hyperband): Optuna's pruner stops a
+  trial from its validation passes, its seeds judged together (`xmodal_ft.trial_pruning`).
 - With a storage, each worker's sampler is reseeded at random (`sampler.seed` alone would make
-  every worker draw the same values); with `storage: null` (in-memory, one process) the sweep is
-  hydra-optuna-sweeper's, seed included.
+  every worker draw the same values); with `storage: null` (one process) the seed holds.
 """
 
-from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
-from hydra.core.config_store import ConfigStore
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
 from omegaconf import DictConfig
 
-
-@dataclass
-class XmodalOptunaSweeperConf(OptunaSweeperConf):
-    _target_: str = "hydra_plugins.xmodal_optuna_sweeper.xmodal_optuna_sweeper.XmodalOptunaSweeper"
-    heartbeat_interval: int = 60  # s between heartbeats of a worker's running trials
-    grace_period: int = 180  # s without a heartbeat after which a trial's worker counts as dead
-    max_retry: Optional[int] = 3  # noqa: UP045 (OmegaConf reads Optional); null: no cap
-    wait_for_others: bool = True  # a worker done waits for others' running trials (retries them)
-
-
-ConfigStore.instance().store(
-    group="hydra/sweeper", name="xmodal_optuna", node=XmodalOptunaSweeperConf, provider="xmodal_ft"
-)
+from .config import XmodalOptunaSweeperConf  # noqa: F401 (stores the configs)
 
 
 class XmodalOptunaSweeper(Sweeper):
