@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from xmodal_ft.record import write_json_atomic
+from xmodal_ft.record.results import write_json_atomic
 
 GiB = 2**30
 

@@ -17,7 +17,7 @@ from transformers import AutoConfig, AutoModel  # noqa: E402
 
 from glue_helpers import save_tiny_text_model  # noqa: E402
 from xmodal_ft import config, models  # noqa: E402
-from xmodal_ft.record import write_results  # noqa: E402
+from xmodal_ft.record.results import write_results  # noqa: E402
 from xmodal_ft.tasks.base import Split, TaskData, TaskSpec  # noqa: E402
 
 # conf/'s schemas in Hydra's ConfigStore, for every test that composes conf/ (train.py: `run`).

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from xmodal_ft import claims
-from xmodal_ft.record import write_results
+from xmodal_ft.record.results import write_results
 from xmodal_ft.report import ReportError, aggregate
 from xmodal_ft.report_types import Run
 from xmodal_ft.significance import Comparison, Estimate, estimate

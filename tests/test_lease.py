@@ -17,7 +17,7 @@ import pytest
 
 from conftest import ROOT, make_cfg, read_results
 from xmodal_ft import checkpoint, engine, lease, recipe, run
-from xmodal_ft.recipe import RunSpec
+from xmodal_ft.runspec import RunSpec
 
 HOLD = """
 import sys, time

@@ -26,11 +26,11 @@ from hydra_plugins.xmodal_lockstep_launcher import lockstep_launcher
 from hydra_plugins.xmodal_lockstep_launcher.lockstep_launcher import Composer, _changed_values
 from test_sweeps import TINY as SWEEP
 from test_sweeps import results, sweep
-from xmodal_ft import checkpoint, engine, groups, lockstep, recipe, record, run, tasks
+from xmodal_ft import checkpoint, engine, groups, lockstep, recipe, run, tasks
 from xmodal_ft.errors import UserError
 from xmodal_ft.lockstep import LockstepError
-from xmodal_ft.recipe import RunSpec
-from xmodal_ft.record import run_key
+from xmodal_ft.record.identity import run_key
+from xmodal_ft.runspec import RunSpec
 from xmodal_ft.tasks.augment import ImageAugment
 
 GRID = [(1e-3, 0), (1e-2, 0), (1e-3, 1), (1e-2, 1)]  # (lr, seed), seeds contiguous
@@ -140,8 +140,7 @@ def test_a_run_whose_checkpoint_is_damaged_groups_as_a_fresh_run(tmp_path) -> No
     model = tiny_model()
     optimizer = torch.optim.Adam(model.parameters(), fused=True)
     for spec in runs:
-        key = record.config_hash(OmegaConf.to_container(spec.cfg, resolve=True))
-        path = spec.run_dir / f"checkpoint-{key}.pt"
+        path = spec.checkpoint_file
         checkpoint.save(path, checkpoint.LoopState(step=4), model, optimizer)
     path.write_bytes(path.read_bytes()[:-100])  # the last run's file, cut short
     assert groups.group(runs) == [[0, 1], [2]]  # resuming at step 4 | starting afresh

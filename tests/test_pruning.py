@@ -14,8 +14,8 @@ from conftest import fake_run, make_cfg
 from xmodal_ft import engine, groups, pruning, recipe, report, report_plots
 from xmodal_ft.errors import UserError
 from xmodal_ft.pruning import Finished, GroupPruner, Halving, Median
-from xmodal_ft.recipe import RunSpec
-from xmodal_ft.record import write_results
+from xmodal_ft.record.results import write_results
+from xmodal_ft.runspec import RunSpec
 
 # ---- the rules -------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from conftest import make_cfg
 from test_sweeps import sweep
 from xmodal_ft import dispatch, placement, recipe
 from xmodal_ft.placement import Device, PlacementError
-from xmodal_ft.recipe import RunSpec
+from xmodal_ft.runspec import RunSpec
 
 GRID = [(1e-3, 0), (1e-2, 0), (1e-3, 1), (1e-2, 1)]  # (lr, seed)
 STEPS = ["variant=unfrozen_random", "max_steps=12", "eval_every=6", "log_every=1", "threads=1"]

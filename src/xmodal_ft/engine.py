@@ -19,7 +19,7 @@ from xmodal_ft import checkpoint, metrics
 from xmodal_ft.checkpoint import LoopState
 from xmodal_ft.errors import DEFAULT_LAUNCHER, LockstepError
 from xmodal_ft.layout import Single
-from xmodal_ft.record import Tracker
+from xmodal_ft.record.trackers import Tracker
 from xmodal_ft.tasks.base import Split, TaskData, subsample
 
 if TYPE_CHECKING:  # a group of runs needs lockstep (and a newer transformers); one run does not

@@ -12,7 +12,6 @@ import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
 from types import ModuleType
@@ -20,7 +19,7 @@ from typing import Any
 
 import torch
 from hydra.utils import get_method
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from xmodal_ft import (
@@ -33,7 +32,7 @@ from xmodal_ft import (
     models,
     papers,
     pruning,
-    record,
+    runspec,
     schemes,
     tasks,
     threads,
@@ -42,23 +41,14 @@ from xmodal_ft import (
 from xmodal_ft.engine import FitConfig, FitResult, TrainPlan
 from xmodal_ft.errors import DEFAULT_LAUNCHER, LockstepError, UserError
 from xmodal_ft.layout import Single, rng_state
+from xmodal_ft.record import results, trackers
+from xmodal_ft.runspec import RunSpec
 
 log = logging.getLogger(__name__)
 
 
 class ConfigError(UserError, ValueError):
     """An invalid configuration value; the message names the key to fix."""
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One run to train: its config (one seed), directory and tracker labels."""
-
-    cfg: DictConfig
-    run_dir: Path
-    choices: Mapping[str, Any] | None = None
-    group: str | None = None
-    name: str | None = None
 
 
 _DEFERRED: ContextVar[list[list[RunSpec]] | None] = ContextVar("deferred", default=None)
@@ -69,7 +59,7 @@ def run(
     run_dir: Path | str,
     choices: Mapping[str, Any] | None = None,
     *,
-    group: str | None = None,
+    sweep: str | None = None,
     name: str | None = None,
 ) -> float:
     """Train and evaluate one configuration; write results.json; return the validation metric.
@@ -78,21 +68,13 @@ def run(
     holds complete results of the same config is skipped; one with a checkpoint continues from
     it. With `seeds: [..]`, each seed trains in `run_dir/seed_<s>` and the mean validation
     metric is returned (one Optuna trial = the mean over seeds).
-    `group` and `name` label the run for trackers (W&B group = the sweep, name = the overrides).
+    `sweep` and `name` label the run for trackers (W&B group = the sweep, name = the overrides).
     Inside `deferred()`, the runs are queued instead (and nan returned).
     """
     run_dir = Path(run_dir)
     logs.quiet()
     check(cfg)
-    specs = [RunSpec(cfg, run_dir, choices, group, name)]
-    if cfg.get("seeds"):
-        specs = []
-        for seed in cfg.seeds:
-            seed_cfg = cfg.copy()
-            with open_dict(seed_cfg):
-                seed_cfg.seed, seed_cfg.seeds = seed, None
-            seed_name = f"{name},seed={seed}" if name else f"seed={seed}"
-            specs.append(RunSpec(seed_cfg, run_dir / f"seed_{seed}", choices, group, seed_name))
+    specs = runspec.of_config(cfg, run_dir, choices, sweep=sweep, name=name)
     queue = _DEFERRED.get()
     if queue is not None:
         queue.append(specs)
@@ -143,8 +125,8 @@ def train(
 def _done(spec: RunSpec, values: dict[int, float], i: int, earlier: list[pruning.Finished]) -> bool:
     """Whether the run's directory holds complete results of its config (its value then goes
     into `values[i]`, its history into `earlier`)."""
-    done = record.read_results(spec.run_dir)
-    if done is None or done.get("config_hash") != record.config_hash(_plain(spec.cfg)):
+    done = spec.finished()
+    if done is None:
         return False
     log.info("%s holds complete results of this config: skipped", spec.run_dir)
     values[i] = done[f"val/{done['metric']}"]
@@ -229,7 +211,7 @@ def _train(
     steps_per_epoch = len(data.train) // cfg.batch_size
     fit_cfgs = [_fit_config(spec.cfg, steps_per_epoch) for spec in specs]
     first = specs[0]
-    if first.group is not None or (first.choices or {}).get("experiment"):  # a sweep or a preset
+    if first.sweep is not None or (first.choices or {}).get("experiment"):  # a sweep or a preset
         papers.warn_if_short(
             cfg.task.name, fit_cfgs[0].max_steps, cfg.batch_size, data.full_train_size
         )
@@ -265,14 +247,14 @@ def _train(
     log.info("%s", banner(specs, data, params, device, fit_cfgs[0].max_steps))
     metric = data.spec.metrics[0]
     tags = [str(cfg[g].name) for g in ("task", "model", "variant", "scheme")]
-    trackers, keys = [], []
+    run_trackers, keys = [], []
     try:
         for spec, start in zip(specs, starts, strict=True):
             config = _plain(spec.cfg)
-            keys.append(record.config_hash(config))
-            meta = {"run_dir": spec.run_dir, "config": config, "group": spec.group,
+            keys.append(spec.config_hash)
+            meta = {"run_dir": spec.run_dir, "config": config, "sweep": spec.sweep,
                     "name": spec.name, "tags": tags, "start_step": start}  # fmt: skip
-            trackers.append(record.build_tracker(_plain(cfg.logger), spec.run_dir, meta))
+            run_trackers.append(trackers.build_tracker(_plain(cfg.logger), spec.run_dir, meta))
         _check_checkpoint_space(paths, built, plans)
 
         def finished(r: int, result: FitResult) -> None:  # as soon as run r stops training
@@ -281,8 +263,8 @@ def _train(
                            threads=thread_count)  # fmt: skip
             if launcher is not None:
                 payload["launcher"] = launcher
-            trackers[r].summary(payload)
-            record.write_results(specs[r].run_dir, payload)
+            run_trackers[r].summary(payload)
+            results.write_results(specs[r].run_dir, payload)
             if paths[r] is not None:
                 paths[r].unlink(missing_ok=True)
             log.info(
@@ -290,12 +272,14 @@ def _train(
             )
 
         pruner = _pruner(cfg, specs, metric, done)
-        results = engine.fit_runs(layout, plans, data, fit_cfgs, trackers, paths, pruner, finished)
+        fitted = engine.fit_runs(
+            layout, plans, data, fit_cfgs, run_trackers, paths, pruner, finished
+        )
     finally:
         layout.close()
-        for tracker in trackers:
+        for tracker in run_trackers:
             tracker.close()
-    return [result.best_val[metric] for result in results]
+    return [result.best_val[metric] for result in fitted]
 
 
 def _lockstep() -> ModuleType:
@@ -321,7 +305,7 @@ def _checkpoint_path(spec: RunSpec) -> Path | None:
     """Where the run keeps its checkpoint (None: it keeps none)."""
     if not spec.cfg.checkpoint_every:
         return None
-    return spec.run_dir / f"checkpoint-{record.config_hash(_plain(spec.cfg))}.pt"
+    return spec.checkpoint_file
 
 
 def _by_start(
@@ -379,7 +363,7 @@ def check(cfg: DictConfig) -> None:
     _target(model_cfg._target_, "model._target_")
     model_type = models.check(model_cfg, pretrained=variant.pretrained)
     schemes.check(schemes.SchemeConfig(**_plain(cfg.scheme)), model_type)
-    record.check_tracker(_plain(cfg.logger))
+    trackers.check_tracker(_plain(cfg.logger))
 
 
 def _validate(cfg: DictConfig) -> None:
