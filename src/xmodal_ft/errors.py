@@ -1,7 +1,7 @@
 """User errors end in one line on stderr that names the fix; bugs keep their traceback.
 
 `UserError` is the one type for mistakes in the command line, the config or the inputs (its
-subclasses: recipe.ConfigError, tasks.DataError, models.ModelLoadError, schemes.SchemeError).
+subclasses: recipe.ConfigError, tasks.DataError, hub.ModelLoadError, schemes.SchemeError).
 `main(hydra_main)` runs a `@hydra.main` function so that these errors, and Hydra's own
 composition errors (unknown group option or key, wrong type), print as one line and exit with
 status 1. `HYDRA_FULL_ERROR=1` or the config key `debug=true` shows the full traceback instead.

@@ -26,6 +26,7 @@ from xmodal_ft import (
     allocator,
     checkpoint,
     engine,
+    hub,
     labels,
     lease,
     logs,
@@ -156,7 +157,7 @@ def _train_leased(
     """Train the runs `todo` of `specs` (their leases held), in chunks of at most `max_runs`."""
     cfg = specs[todo[0]].cfg
     device = engine.select_device(cfg.device)
-    tokenizer = models.resolve_path(cfg.model.path) if cfg.model.path else None
+    tokenizer = hub.resolve_path(cfg.model.path) if cfg.model.path else None
     data = tasks.build(_plain(cfg.task), cache_dir=cfg.cache_dir, tokenizer=tokenizer)
     if max_runs is None and len(todo) > 1:
         model = _build_model(cfg, data, device)
@@ -358,7 +359,7 @@ def check(cfg: DictConfig) -> None:
     _check_device(cfg.device)
     variant = variants.VariantConfig(**_plain(cfg.variant))
     model_cfg = models.ModelConfig(**_plain(cfg.model))
-    tokenizer = models.resolve_path(model_cfg.path) if model_cfg.path else None
+    tokenizer = hub.resolve_path(model_cfg.path) if model_cfg.path else None
     tasks.check(_plain(cfg.task), tokenizer)
     _target(model_cfg._target_, "model._target_")
     model_type = models.check(model_cfg, pretrained=variant.pretrained)
