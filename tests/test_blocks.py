@@ -8,10 +8,12 @@ from torch import nn
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.pytorch_utils import Conv1D
 
-from conftest import tiny_model
-from xmodal_ft import blocks, lockstep
+from conftest import as_runs, tiny_model
+from xmodal_ft import blocks
+from xmodal_ft.engine.run import RandomStream
 from xmodal_ft.inputs import PrependToken
-from xmodal_ft.layout import Single
+from xmodal_ft.lockstep import attention
+from xmodal_ft.lockstep.stack import Stacked
 
 K, B = 3, 4  # blocks, rows per block
 
@@ -129,8 +131,8 @@ def test_swap_replaces_modules_in_place_children_included() -> None:
 
 def test_a_lone_run_swaps_its_trainable_layers_once() -> None:
     model = tiny_model()
-    Single(model)
-    Single(model)  # trained again: nothing more to swap, no second hook
+    blocks.to_block_form(model)
+    blocks.to_block_form(model)  # trained again: nothing more to swap, no second hook
     assert isinstance(model.input_layer, blocks.BlockLinear)
     assert type(model.backbone.h[0].ln_1) is nn.LayerNorm  # as is alone
     assert len(model._forward_pre_hooks) == 1
@@ -146,16 +148,17 @@ def test_attention_dropout_draws_each_runs_masks_as_its_lone_run_with_grouped_he
     the private `_safe_softmax`) equals transformers' SDPA attention of each run alone, under
     the run's own random state, bit for bit."""
     runs, states = 2, [torch.Generator().manual_seed(s).get_state() for s in (3, 4)]
-    layout = lockstep.build([tiny_model() for _ in range(runs)], [(s, None) for s in states])
+    members = as_runs([tiny_model() for _ in range(runs)])
+    for member, state in zip(members, states, strict=True):
+        member.stream = RandomStream((state, None))  # run r's stream: seeds 3 and 4
+    layout = Stacked(members)
     g = torch.Generator().manual_seed(0)
     query = torch.randn(runs * B, 4, 6, 8, generator=g)
     key, value = (torch.randn(runs * B, 2, 6, 8, generator=g) for _ in range(2))
     mask = torch.ones(runs * B, 1, 6, 6, dtype=torch.bool).tril()
-    token = lockstep._RUNNING.set(layout)
-    try:
-        out, _ = lockstep._attention(Attention(), query, key, value, mask, dropout=0.3)
-    finally:
-        lockstep._RUNNING.reset(token)
+    out, _ = attention.attention(
+        Attention(), query, key, value, mask, dropout=0.3, run_draws=layout.draws
+    )
     for r, state in enumerate(states):
         rows = slice(r * B, (r + 1) * B)
         with torch.random.fork_rng():
@@ -168,6 +171,6 @@ def test_attention_dropout_draws_each_runs_masks_as_its_lone_run_with_grouped_he
 
 def test_safe_softmax_gives_zeros_for_a_row_that_masks_every_key() -> None:
     scores = torch.tensor([[0.0, 1.0], [float("-inf"), float("-inf")]])
-    probs = lockstep.safe_softmax(scores)
+    probs = attention.safe_softmax(scores)
     assert torch.equal(probs[0], torch.softmax(scores[0], -1))
     assert torch.equal(probs[1], torch.zeros(2))

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import Interrupt, KillAt, sign_task, tiny_model
-from xmodal_ft import checkpoint, lockstep, schemes
+from conftest import Interrupt, KillAt, as_runs, sign_task, tiny_model
+from xmodal_ft import checkpoint, schemes
 from xmodal_ft.checkpoint import LoopState
 from xmodal_ft.engine import FitConfig, fit
+from xmodal_ft.lockstep.stack import Stacked
 from xmodal_ft.record import trackers
 
 CFG = FitConfig(
@@ -197,7 +198,7 @@ def test_a_lockstep_runs_checkpoint_holds_its_own_tensors_only(tmp_path) -> None
     with torch.no_grad():
         for p in models[1].parameters():
             p.add_(1.0)
-    layout = lockstep.build(models, [lockstep.rng_state()] * 2)
+    layout = Stacked(as_runs(models))
     plans = [schemes.build(m, FIXED, lr=1e-3) for m in models]
     for r in (0, 1):
         checkpoint.save(tmp_path / f"{r}.pt", LoopState(step=3), models[r], plans[r].optimizer)

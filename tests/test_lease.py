@@ -212,7 +212,7 @@ def test_leases_are_released_when_training_fails(tmp_path, monkeypatch) -> None:
         assert all((spec.run_dir / "lease.json").exists() for spec in runs)
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(engine, "fit_runs", fail)
+    monkeypatch.setattr(engine, "train", fail)
     with pytest.raises(RuntimeError, match="boom"):
         recipe.train(runs)
     assert not list(tmp_path.rglob("lease.json"))

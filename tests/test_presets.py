@@ -150,9 +150,9 @@ def test_short_sweep_without_preset_warns_once(tmp_path, caplog, fresh_warning) 
 @pytest.mark.parametrize(
     ("kwargs", "warns"),
     [
-        ({"group": None, "choices": {}}, False),  # a plain single run: a smoke test, say
-        ({"group": None, "choices": {"experiment": "cpu_study_mnist"}}, True),  # a preset's run
-        ({"group": "sweep", "choices": {"experiment": "cpu_study_mnist"}}, True),  # its sweep
+        ({"sweep": None, "choices": {}}, False),  # a plain single run: a smoke test, say
+        ({"sweep": None, "choices": {"experiment": "cpu_study_mnist"}}, True),  # a preset's run
+        ({"sweep": "sweep", "choices": {"experiment": "cpu_study_mnist"}}, True),  # its sweep
     ],
 )
 def test_single_runs_of_presets_and_sweeps_warn(tmp_path, caplog, fresh_warning, kwargs, warns):

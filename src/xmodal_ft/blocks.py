@@ -78,6 +78,28 @@ def _keep_hooks(module: nn.Module, new: nn.Module) -> None:
             setattr(new, name, getattr(module, name))
 
 
+def to_block_form(model: nn.Module) -> nn.Module:
+    """`model` (a lone run's) with its trainable Linear, Conv1D and Embedding layers (and
+    [CLS] token) in block form with one block, in place; a model in block form already (trained
+    before) is left as it is. Return the model."""
+    rows = Rows()
+
+    def one_block(name: str, module: nn.Module) -> nn.Module | None:
+        kind = type(module)
+        if kind not in BLOCK_FORMS or kind in ALONE_AS_IS or not trains(module):
+            return None
+        return block_form(module, dict(module.named_parameters(recurse=False)), 1, rows)
+
+    if swap(model, one_block):
+        rows.follow(model)
+    return model
+
+
+def trains(module: nn.Module) -> bool:
+    """Whether any of `module`'s own parameters trains."""
+    return any(p.requires_grad for p in module.parameters(recurse=False))
+
+
 def block_form(module: nn.Module, params: Params, blocks: int, rows: Rows) -> nn.Module:
     """`module` in block form with `blocks` blocks and parameters `params` (by name); `module`
     may be in block form already (a lone run's, stacked again when runs leave a stack)."""

@@ -172,7 +172,7 @@ def _worker(device: Device) -> ProcessPoolExecutor:
     """A fresh process pinned to `device` (spawned: no CUDA state is inherited), starting now."""
     context = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(1, mp_context=context, initializer=_start, initargs=(device,))
-    pool.submit(importlib.import_module, "xmodal_ft.lockstep")  # what a group needs, imported
+    pool.submit(importlib.import_module, "xmodal_ft.lockstep.stack")  # what a group needs, imported
     return pool
 
 

@@ -17,7 +17,7 @@ from xmodal_ft.runspec import RunSpec
 VARYING = ("lr", "seed")  # keys lockstep runs may differ in
 
 
-def group(specs: Sequence[RunSpec]) -> list[list[int]]:
+def groups(specs: Sequence[RunSpec]) -> list[list[int]]:
     """Indices of `specs` by group, in first-seen order; each group sorted by (seed, lr) so that
     runs sharing a seed (and so a random backbone) sit side by side."""
     groups: dict[tuple[Any, ...], list[int]] = {}
