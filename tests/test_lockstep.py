@@ -374,6 +374,14 @@ def test_random_draws_in_forward_are_refused_naming_the_default_launcher() -> No
         Stacked(as_runs(runs))
 
 
+def test_a_layer_with_hooks_is_refused_naming_the_way_out() -> None:
+    """Its hooks could not run on its stacked form (torch cannot move hooks)."""
+    runs = [tiny_model() for _ in range(2)]
+    runs[0].output_layer.register_forward_hook(lambda *args: None)
+    with pytest.raises(LockstepError, match="hooks registered on output_layer .*default launcher"):
+        Stacked(as_runs(runs))
+
+
 def test_frozen_pretrained_weights_are_stored_once_and_trainable_ones_per_run(
     tiny_gpt2_dir, monkeypatch
 ) -> None:

@@ -58,8 +58,8 @@ class Stacked:
         self._advance = torch.zeros(0)
         _refuse_random_draws(models[0])
         self.model = _carrier(models[0])
-        self.rows = blocks.Rows()  # the carrier's batch rows (R · per-run rows)
-        self.rows.follow(self.model)
+        self.rows = blocks.BatchRows()  # the carrier's batch rows (R · per-run rows)
+        self.rows.track(self.model)
         self.draws.track(self.model)
         run_modules = [dict(m.named_modules()) for m in models]
         blocks.swap(self.model, lambda name, module: self._block_form(name, module, run_modules))
@@ -71,6 +71,17 @@ class Stacked:
         self, name: str, module: nn.Module, run_modules: list[dict[str, nn.Module]]
     ) -> nn.Module | None:
         """What computes carrier module `name` for every run (None: the module as it is)."""
+        new = self._stacked_form(name, module, run_modules)
+        if new is not None and blocks.has_hooks(module):
+            raise LockstepError(
+                f"lockstep cannot carry the hooks registered on {name} "
+                f"({type(module).__name__}) to its stacked form: {DEFAULT_LAUNCHER}"
+            )
+        return new
+
+    def _stacked_form(
+        self, name: str, module: nn.Module, run_modules: list[dict[str, nn.Module]]
+    ) -> nn.Module | None:
         runs = len(self.runs)
         if isinstance(module, nn.Dropout):
             return blocks.RunDropout(module, self.draws, runs)
@@ -85,7 +96,8 @@ class Stacked:
                 f"lockstep cannot stack {type(module).__name__} ({name}): {DEFAULT_LAUNCHER}"
             )
         params = {n: self._stack(per_run, count) for n, per_run in zip(names, values, strict=True)}
-        if trains or (count > 1 and type(module) is nn.Embedding):
+        embedding = type(module) is nn.Embedding and blocks.has_block_form(module)
+        if trains or (count > 1 and embedding):
             return blocks.block_form(module, params, count, self.rows)
         if count > 1:  # frozen, one value per block of runs (random backbones per seed)
             size = runs // count
