@@ -35,6 +35,17 @@ class LockstepError(UserError, ValueError):
 DEFAULT_LAUNCHER = "run it with the default launcher (drop hydra/launcher=lockstep)"
 
 
+def importable(path: str, key: str, error: type[UserError] = UserError) -> Any:
+    """What `path` (`module.attribute`, the value of config key `key`, e.g. a `_target_`)
+    names; an `error` naming the key when it cannot be imported."""
+    from hydra.utils import get_method
+
+    try:
+        return get_method(path)
+    except Exception as err:  # Hydra's locate error: module or attribute missing
+        raise error(f"{key}={path} cannot be imported ({err})") from err
+
+
 def one_line(message: str) -> str:
     """`message` on one line: blank lines and Hydra's location details dropped, lists joined."""
     parts: list[str] = []

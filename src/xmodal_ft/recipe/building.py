@@ -9,7 +9,8 @@ from torch import nn
 
 from xmodal_ft import models, variants
 from xmodal_ft.engine.plan import FitConfig
-from xmodal_ft.recipe.checks import plain, target
+from xmodal_ft.errors import importable
+from xmodal_ft.recipe.checks import ConfigError, plain
 from xmodal_ft.tasks.base import TaskData
 
 
@@ -18,7 +19,7 @@ def build_model(cfg: DictConfig, data: TaskData, device: torch.device) -> nn.Mod
     variant's trainable parameters."""
     variant = variants.VariantConfig(**plain(cfg.variant))
     model_cfg = models.ModelConfig(**plain(cfg.model))
-    model = target(model_cfg._target_, "model._target_")(
+    model = importable(model_cfg._target_, "model._target_", ConfigError)(
         model_cfg, data.spec, pretrained=variant.pretrained, seed=cfg.seed
     )
     variants.apply(model, variant)

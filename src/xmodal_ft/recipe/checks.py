@@ -7,11 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
 from xmodal_ft import hub, models, pruning, schemes, tasks, variants
-from xmodal_ft.errors import UserError
+from xmodal_ft.errors import UserError, importable
 from xmodal_ft.record import trackers
 
 
@@ -27,7 +26,7 @@ def check(cfg: DictConfig) -> None:
     model_cfg = models.ModelConfig(**plain(cfg.model))
     tokenizer = hub.resolve_path(model_cfg.path) if model_cfg.path else None
     tasks.check(plain(cfg.task), tokenizer)
-    target(model_cfg._target_, "model._target_")
+    importable(model_cfg._target_, "model._target_", ConfigError)
     model_type = models.check(model_cfg, pretrained=variant.pretrained)
     schemes.check(schemes.SchemeConfig(**plain(cfg.scheme)), model_type)
     trackers.check_tracker(plain(cfg.logger))
@@ -72,14 +71,6 @@ def _check_device(name: str) -> None:
             f"device={name} but this machine has {torch.cuda.device_count()} CUDA device(s): "
             "use device=cuda or a smaller index"
         )
-
-
-def target(path: str, key: str) -> Any:
-    """The function a `_target_` key names (one line naming the key when it cannot be imported)."""
-    try:
-        return get_method(path)
-    except Exception as err:  # Hydra's locate error: module or attribute missing
-        raise ConfigError(f"{key}={path} cannot be imported ({err})") from err
 
 
 def plain(node: DictConfig) -> dict[str, Any]:
