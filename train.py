@@ -13,8 +13,8 @@ def main(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     with errors.reported(debug=cfg.debug, multirun=multirun):
-        group, name = (hc.sweep.dir if multirun else None), hc.job.override_dirname or None
-        return run(cfg, hc.runtime.output_dir, hc.runtime.choices, group=group, name=name)
+        sweep, name = (hc.sweep.dir if multirun else None), hc.job.override_dirname or None
+        return run(cfg, hc.runtime.output_dir, hc.runtime.choices, sweep=sweep, name=name)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import optuna_workers
-from xmodal_ft.record import write_json_atomic
+from xmodal_ft.record.results import write_json_atomic
 
 GiB = 2**30
 

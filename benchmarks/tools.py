@@ -29,7 +29,8 @@ from torch import nn
 
 import xmodal_ft
 from benchmarks.cases import Case
-from xmodal_ft import allocator, record, schemes
+from xmodal_ft import allocator, schemes
+from xmodal_ft.record import results, trackers
 from xmodal_ft.tasks.base import TaskData
 
 Result = dict[str, Any]
@@ -39,7 +40,7 @@ class StepClock:
     """The run's own tracker, plus the time each record arrived and every train loss."""
 
     def __init__(self) -> None:
-        self.inner: record.Tracker | None = None
+        self.inner: trackers.Tracker | None = None
         self.times: list[float] = []
         self.losses: list[float] = []
 
@@ -59,13 +60,13 @@ class StepClock:
 @contextlib.contextmanager
 def step_clock() -> Iterator[StepClock]:
     """Clock the run started inside the block: the tracker the recipe builds is wrapped."""
-    clock, build = StepClock(), record.build_tracker
+    clock, build = StepClock(), trackers.build_tracker
 
     def clocked(cfg: dict[str, Any], run_dir: Path, meta: dict[str, Any]) -> StepClock:
         clock.inner = build(cfg, run_dir, meta)
         return clock
 
-    with mock.patch.object(record, "build_tracker", clocked):
+    with mock.patch.object(trackers, "build_tracker", clocked):
         yield clock
 
 
@@ -101,11 +102,11 @@ def run_xmodal(cfg: DictConfig, case: Case) -> Result:
     with tempfile.TemporaryDirectory() as run_dir, step_clock() as clock:
         with ablation(case.ablation):
             xmodal_ft.run(cfg, run_dir)
-        results = record.read_results(Path(run_dir))
-    if results is None:
+        written = results.read_results(Path(run_dir))
+    if written is None:
         raise RuntimeError(f"{case.name}: the run wrote no complete results.json")
     times = clock.times[: steps + 1]
-    return {"step_seconds": _diffs(times), "losses": clock.losses, "params": results["params"]}
+    return {"step_seconds": _diffs(times), "losses": clock.losses, "params": written["params"]}
 
 
 def run_naive(model: nn.Module, data: TaskData, case: Case) -> Result:

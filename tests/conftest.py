@@ -17,7 +17,8 @@ from transformers import AutoConfig, AutoModel  # noqa: E402
 
 from glue_helpers import save_tiny_text_model  # noqa: E402
 from xmodal_ft import config, models  # noqa: E402
-from xmodal_ft.record import write_results  # noqa: E402
+from xmodal_ft.engine import FitConfig, Run, TrainPlan  # noqa: E402
+from xmodal_ft.record.results import write_results  # noqa: E402
 from xmodal_ft.tasks.base import Split, TaskData, TaskSpec  # noqa: E402
 
 # conf/'s schemas in Hydra's ConfigStore, for every test that composes conf/ (train.py: `run`).
@@ -166,6 +167,16 @@ def tiny_model(
     """A randomly initialised (seed 0) tiny model of the real config, with `changes` applied."""
     cfg = models.ModelConfig(**{**make_cfg(f"model={model}").model, **changes})
     return models.build(cfg, spec, pretrained=False, seed=0)
+
+
+def as_runs(
+    models: list[torch.nn.Module], optimizers: list[torch.optim.Optimizer] | None = None
+) -> list[Run]:
+    """Runs of `models` for layouts built in tests: each with its optimizer (by default fused
+    Adam over its parameters), default loop settings, and the global random state now."""
+    if optimizers is None:
+        optimizers = [torch.optim.Adam(m.parameters(), fused=True) for m in models]
+    return [Run(m, TrainPlan(opt), FitConfig()) for m, opt in zip(models, optimizers, strict=True)]
 
 
 def trainable_names(model: torch.nn.Module) -> set[str]:

@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import Interrupt, KillAt, sign_task, tiny_model
-from xmodal_ft import checkpoint, lockstep, record, schemes
+from conftest import Interrupt, KillAt, as_runs, sign_task, tiny_model
+from xmodal_ft import checkpoint, schemes
 from xmodal_ft.checkpoint import LoopState
 from xmodal_ft.engine import FitConfig, fit
+from xmodal_ft.lockstep.stack import Stacked
+from xmodal_ft.record import trackers
 
 CFG = FitConfig(
     batch_size=8, max_steps=16, eval_every=4, checkpoint_every=4, log_every=2, progress=False
@@ -79,7 +81,7 @@ def test_resumed_fit_matches_uninterrupted_fit_exactly(
 class KilledAfter:
     """Logs to `inner`, then raises once a line at `step` is on disk (a kill just after it)."""
 
-    def __init__(self, inner: record.LocalTracker, step: int):
+    def __init__(self, inner: trackers.LocalTracker, step: int):
         self.inner, self.step = inner, step
 
     def log(self, values: dict[str, float], step: int) -> None:
@@ -94,22 +96,22 @@ class KilledAfter:
 
 
 def test_a_resumed_runs_metrics_file_holds_each_logged_line_once(tmp_path) -> None:
-    reference = record.LocalTracker(tmp_path / "reference")
+    reference = trackers.LocalTracker(tmp_path / "reference")
     train(tracker=reference)
     reference.close()
     run_dir, path = tmp_path / "killed", tmp_path / "checkpoint.pt"
     with pytest.raises(Interrupt):
-        train(path, KilledAfter(record.LocalTracker(run_dir), 10))
-    metrics = run_dir / record.METRICS
+        train(path, KilledAfter(trackers.LocalTracker(run_dir), 10))
+    metrics = run_dir / trackers.METRICS
     with metrics.open("a") as file:
         file.write('{"step": 11, "train/lo')  # the line being written when it was killed
     saved_at = torch.load(path, weights_only=True)["loop"]["step"]
     assert saved_at == 8 and '"step": 10' in metrics.read_text()  # logged after the checkpoint
-    resumed = record.LocalTracker(run_dir, start_step=saved_at)
+    resumed = trackers.LocalTracker(run_dir, start_step=saved_at)
     train(path, resumed)
     resumed.close()
-    assert metrics.read_text() == (tmp_path / "reference" / record.METRICS).read_text()
-    record.LocalTracker(run_dir, start_step=0).close()  # no checkpoint: it starts afresh
+    assert metrics.read_text() == (tmp_path / "reference" / trackers.METRICS).read_text()
+    trackers.LocalTracker(run_dir, start_step=0).close()  # no checkpoint: it starts afresh
     assert metrics.read_text() == ""
 
 
@@ -196,7 +198,7 @@ def test_a_lockstep_runs_checkpoint_holds_its_own_tensors_only(tmp_path) -> None
     with torch.no_grad():
         for p in models[1].parameters():
             p.add_(1.0)
-    layout = lockstep.build(models, [lockstep.rng_state()] * 2)
+    layout = Stacked(as_runs(models))
     plans = [schemes.build(m, FIXED, lr=1e-3) for m in models]
     for r in (0, 1):
         checkpoint.save(tmp_path / f"{r}.pt", LoopState(step=3), models[r], plans[r].optimizer)

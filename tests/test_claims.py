@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT
 from xmodal_ft import claims
 from xmodal_ft.claims.verdicts import Part, Verdict, alpha_interval, single
-from xmodal_ft.record import write_results
+from xmodal_ft.record.results import write_results
 from xmodal_ft.report import ReportError, aggregate
 from xmodal_ft.report_types import Run
 from xmodal_ft.significance import Comparison, Estimate

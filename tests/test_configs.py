@@ -12,7 +12,8 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
 from conftest import CONF, make_cfg
-from xmodal_ft import config, errors, models, record, schemes, tasks, variants
+from xmodal_ft import config, errors, models, schemes, tasks, variants
+from xmodal_ft.record import identity
 
 GROUPS = ("task", "model", "variant", "scheme", "logger")
 
@@ -89,8 +90,8 @@ def test_fpt_trainable_patterns_are_written_once() -> None:
 
 def test_unhashed_keys_have_one_source() -> None:
     cfg = composed()
-    assert list(cfg.hydra.job.config.override_dirname.exclude_keys) == sorted(record.NOT_HASHED)
-    assert not (set(record.NOT_HASHED) - {"logger", "sweep"}) - set(cfg)  # root keys exist
+    assert list(cfg.hydra.job.config.override_dirname.exclude_keys) == sorted(identity.NOT_HASHED)
+    assert not (set(identity.NOT_HASHED) - {"logger", "sweep"}) - set(cfg)  # root keys exist
     assert "exclude_keys: ${not_hashed:}" in (Path(CONF) / "config.yaml").read_text()
 
 

@@ -14,6 +14,7 @@ from benchmarks import hardware
 from conftest import Interrupt, KillAt, Recorder, make_cfg, read_results, sign_task, tiny_model
 from xmodal_ft import engine, recipe, schemes
 from xmodal_ft.engine import FitConfig, fit
+from xmodal_ft.runspec import RunSpec
 
 
 def test_cpu_runs_in_full_precision() -> None:
@@ -127,10 +128,10 @@ def test_lockstep_runs_on_cuda_match_their_own_lone_runs(tmp_path: Path) -> None
     nearer its own lone run's than the other's, so two runs swapped would fail."""
     grid = [(1e-3, 0), (3e-3, 1)]
 
-    def specs(root: Path) -> list[recipe.RunSpec]:
+    def specs(root: Path) -> list[RunSpec]:
         overrides = ("variant=unfrozen_random", "device=cuda", "max_steps=12", "eval_every=6")
         return [
-            recipe.RunSpec(
+            RunSpec(
                 make_cfg(*overrides, f"lr={lr}", f"seed={seed}", "log_every=1"),
                 root / f"{lr}_{seed}",
             )

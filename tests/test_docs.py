@@ -16,7 +16,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from conftest import CONF, ROOT
-from xmodal_ft import recipe, report, schemes, tasks
+from xmodal_ft import report, schemes, tasks
+from xmodal_ft.recipe import checks
 
 SOURCES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
            *sorted((ROOT / "conf").rglob("*.yaml"))]  # fmt: skip
@@ -82,7 +83,7 @@ def test_a_documented_command_composes_and_passes_the_checks(where, line, hydra_
     if "--cfg" in args:
         args = args[: args.index("--cfg")]
     cfg = compose("config", overrides=first_values(args), return_hydra_config=True)
-    recipe._validate(cfg)
+    checks._validate(cfg)
     scheme = OmegaConf.to_container(cfg.scheme, resolve=True)
     schemes.check(schemes.SchemeConfig(**{k: v for k, v in scheme.items() if k != "_target_"}))
     task = OmegaConf.to_container(cfg.task, resolve=True)

@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from conftest import make_cfg, sign_task, tiny_model, with_keys
-from xmodal_ft import engine, lockstep, run, schemes
-from xmodal_ft.engine import FitConfig, TrainPlan, Unfreeze, evaluate, fit
+from xmodal_ft import engine, run, schemes
+from xmodal_ft.engine import FitConfig, Run, TrainPlan, Unfreeze, evaluate, evaluation, fit, loop
+from xmodal_ft.engine.layout import layout_of
 from xmodal_ft.tasks.base import Split, TaskData, subsample
 
 
@@ -42,13 +43,13 @@ def test_early_stopping_after_patience_evaluations_without_improvement() -> None
 
 
 class ScriptedValidation:
-    """Stands in for `engine.evaluate_runs` of one run: validation scores follow a script, test
+    """Stands in for `evaluation.evaluate_runs` of one run: validation scores follow a script, test
     scores are fixed."""
 
     def __init__(self, val_scores: list[float]):
         self.scores = list(val_scores)
 
-    def __call__(self, model, runs, split, names, cfg, desc) -> list[dict[str, float]]:
+    def __call__(self, model, runs, split, names, cfg, desc, on_batch=None) -> list[dict]:
         assert runs == 1
         return [{"acc": -1.0 if desc == "test" else self.scores.pop(0)}]
 
@@ -66,7 +67,7 @@ def test_early_stopping_counts_evaluations_since_the_last_strict_improvement(
     monkeypatch, patience: int | None, best_step: int, stop_step: int, stopped: bool
 ) -> None:
     data = sign_task()
-    monkeypatch.setattr(engine, "evaluate_runs", ScriptedValidation(SCRIPT))
+    monkeypatch.setattr(evaluation, "evaluate_runs", ScriptedValidation(SCRIPT))
     model = tiny_model()
     plan = schemes.build(model, schemes.SchemeConfig(), lr=1e-3)
     cfg = FitConfig(batch_size=8, max_steps=16, eval_every=2, patience=patience, progress=False)
@@ -159,7 +160,7 @@ def test_best_weights_restore_parameters_unfrozen_after_the_best_step() -> None:
 def test_unfreeze_events_set_what_trains_per_epoch_and_best_weights_restore_late_ones(
     monkeypatch,
 ) -> None:
-    monkeypatch.setattr(engine, "evaluate_runs", ScriptedValidation([0.9, 0.5, 0.4, 0.3]))
+    monkeypatch.setattr(evaluation, "evaluate_runs", ScriptedValidation([0.9, 0.5, 0.4, 0.3]))
     model = tiny_model()
     head = model.output_layer.weight
     initial = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -230,20 +231,23 @@ def test_a_stopped_runs_validation_time_stops_growing(monkeypatch) -> None:
     """Each validation pass takes one second on the fake clock: a run's validation time counts
     the passes it took part in, not those of the runs that went on after it stopped."""
 
-    def scores(model, runs, split, names, cfg, desc) -> list[dict[str, float]]:
+    def scores(model, runs, split, names, cfg, desc, on_batch=None) -> list[dict[str, float]]:
         scores.calls += 1  # run 0 improves every pass, run 1 never after step 2
         return [{"acc": scores.calls / 100}, {"acc": 0.5}][:runs]  # run 1 left: runs = 1
 
     scores.calls = 0
-    monkeypatch.setattr(engine, "evaluate_runs", scores)
-    monkeypatch.setattr(engine, "time", Clock())
+    monkeypatch.setattr(evaluation, "evaluate_runs", scores)
+    monkeypatch.setattr(loop, "time", Clock())
     models = [tiny_model(), tiny_model()]
     with torch.no_grad():
         models[1].output_layer.bias.add_(1.0)  # not equal: step 0 scores both runs
     plans = [schemes.build(m, schemes.SchemeConfig(), lr=1e-3) for m in models]
     cfg = FitConfig(batch_size=8, max_steps=12, eval_every=2, patience=2, progress=False)
-    layout = lockstep.build(models, [lockstep.rng_state()] * 2)
-    going, stopped = engine.fit_runs(layout, plans, sign_task(), [cfg] * 2, [None] * 2, [None] * 2)
+    runs = [Run(model, plan, cfg) for model, plan in zip(models, plans, strict=True)]
+    layout = layout_of(runs)
+    list(engine.train(layout, sign_task()))
+    layout.close()
+    going, stopped = (run.result for run in runs)
     assert stopped.stopped_early and stopped.steps == 6 and not going.stopped_early
     assert (going.val_seconds, stopped.val_seconds) == (7.0, 4.0)  # passes at 0, 2, 4, … 12
 

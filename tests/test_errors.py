@@ -183,10 +183,10 @@ def test_wandb_without_login_names_the_fix(monkeypatch, capsys, tmp_path) -> Non
     ]
     assert_nothing_written(tmp_path / "run")
     (tmp_path / "netrc").write_text("machine api.wandb.ai login user password " + "0" * 40 + "\n")
-    from xmodal_ft import record
+    from xmodal_ft.record import trackers
 
-    record.check_tracker({"name": "wandb"})  # logged in: no error
-    record.check_tracker({"name": "wandb", "mode": "offline"})
+    trackers.check_tracker({"name": "wandb"})  # logged in: no error
+    trackers.check_tracker({"name": "wandb", "mode": "offline"})
 
 
 def test_checks_without_data_run_before_any_is_built(monkeypatch, capsys, tmp_path) -> None:

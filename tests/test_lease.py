@@ -21,7 +21,7 @@ import torch
 
 from conftest import ROOT, TINY, make_cfg, read_results
 from xmodal_ft import checkpoint, engine, lease, recipe, run
-from xmodal_ft.recipe import RunSpec
+from xmodal_ft.runspec import RunSpec
 
 HOLD = """
 import sys, threading, time
@@ -477,7 +477,7 @@ def test_leases_are_released_when_training_fails(tmp_path, monkeypatch) -> None:
         assert all((spec.run_dir / "lease.json").exists() for spec in runs)
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(engine, "fit_runs", fail)
+    monkeypatch.setattr(engine, "train", fail)
     with pytest.raises(RuntimeError, match="boom"):
         recipe.train(runs)
     assert not list(tmp_path.rglob("lease.json"))

@@ -21,16 +21,20 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from conftest import CONF, make_cfg, tiny_model, with_keys
-from hydra_plugins.xmodal_lockstep_launcher import lockstep_launcher
-from hydra_plugins.xmodal_lockstep_launcher.lockstep_launcher import Composer, _changed_values
+from conftest import CONF, as_runs, make_cfg, tiny_model, with_keys
+from hydra_plugins.xmodal_lockstep_launcher.composing import ComposeOnce, changed_values
 from test_sweeps import TINY as SWEEP
 from test_sweeps import results, sweep
-from xmodal_ft import checkpoint, engine, groups, lockstep, recipe, record, run, tasks
-from xmodal_ft.errors import UserError
-from xmodal_ft.lockstep import LockstepError
-from xmodal_ft.recipe import RunSpec
-from xmodal_ft.record import run_key
+from xmodal_ft import checkpoint, recipe, run, tasks
+from xmodal_ft.engine import evaluation
+from xmodal_ft.engine.layout import Single
+from xmodal_ft.errors import LockstepError, UserError
+from xmodal_ft.lockstep import fused, grouping, sharing, sizing
+from xmodal_ft.lockstep.stack import Stacked
+from xmodal_ft.recipe import entry
+from xmodal_ft.recipe.building import build_model
+from xmodal_ft.record.identity import run_key
+from xmodal_ft.runspec import RunSpec
 from xmodal_ft.tasks.augment import ImageAugment
 
 GRID = [(1e-3, 0), (1e-2, 0), (1e-3, 1), (1e-2, 1)]  # (lr, seed), seeds contiguous
@@ -114,13 +118,13 @@ def test_step_0_validation_scores_each_seed_once(tmp_path, monkeypatch) -> None:
     """Runs of one seed have equal weights at step 0: one of them is scored (by its own model),
     later passes score every run at once; the scores are the lone runs' (the tests above)."""
     calls = []
-    evaluate = engine.evaluate_runs
+    evaluate = evaluation.evaluate_runs
 
-    def spy(model, runs, split, names, cfg, desc):
+    def spy(model, runs, split, names, cfg, desc, on_batch=None):
         calls.append((desc, runs))
-        return evaluate(model, runs, split, names, cfg, desc)
+        return evaluate(model, runs, split, names, cfg, desc, on_batch)
 
-    monkeypatch.setattr(engine, "evaluate_runs", spy)
+    monkeypatch.setattr(evaluation, "evaluate_runs", spy)
     recipe.train(specs(tmp_path, "variant=unfrozen_random", "max_steps=5"))
     assert calls == [("val", 1), ("val", 1), ("val", 4), ("test", 4)]  # seeds 0 and 1
 
@@ -132,7 +136,7 @@ def test_groups_hold_runs_that_differ_only_in_lr_and_seed(tmp_path) -> None:
             [(1e-3, 1, []), (1e-2, 0, []), (1e-3, 0, ["batch_size=4"]), (1e-3, 0, [])]
         )
     ]
-    assert groups.group(runs) == [[3, 1, 0], [2]]  # by (seed, lr) within a group
+    assert grouping.groups(runs) == [[3, 1, 0], [2]]  # by (seed, lr) within a group
 
 
 def test_a_run_whose_checkpoint_is_damaged_groups_as_a_fresh_run(tmp_path) -> None:
@@ -140,18 +144,17 @@ def test_a_run_whose_checkpoint_is_damaged_groups_as_a_fresh_run(tmp_path) -> No
     model = tiny_model()
     optimizer = torch.optim.Adam(model.parameters(), fused=True)
     for spec in runs:
-        key = record.config_hash(OmegaConf.to_container(spec.cfg, resolve=True))
-        path = spec.run_dir / f"checkpoint-{key}.pt"
+        path = spec.checkpoint_file
         checkpoint.save(path, checkpoint.LoopState(step=4), model, optimizer)
     path.write_bytes(path.read_bytes()[:-100])  # the last run's file, cut short
-    assert groups.group(runs) == [[0, 1], [2]]  # resuming at step 4 | starting afresh
+    assert grouping.groups(runs) == [[0, 1], [2]]  # resuming at step 4 | starting afresh
 
 
 def test_chunks_are_near_equal_and_at_most_max_runs() -> None:
-    assert recipe._chunks(list(range(27)), 10) == [list(range(9)), list(range(9, 18)),
+    assert entry.chunks(list(range(27)), 10) == [list(range(9)), list(range(9, 18)),
                                                    list(range(18, 27))]  # fmt: skip
-    assert [len(c) for c in recipe._chunks(list(range(5)), 2)] == [2, 2, 1]
-    assert recipe._chunks([4, 2], 64) == [[4, 2]]
+    assert [len(c) for c in entry.chunks(list(range(5)), 2)] == [2, 2, 1]
+    assert entry.chunks([4, 2], 64) == [[4, 2]]
 
 
 def test_gradual_unfreezing_is_refused_naming_the_default_launcher(tmp_path) -> None:
@@ -210,28 +213,29 @@ def test_only_jobs_differing_in_root_values_reuse_a_composed_config(first, secon
     parser = OverridesParser.create()
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         composed = compose("config", overrides=first, return_hydra_config=True)
-    changed = _changed_values(parser.parse_overrides(first), parser.parse_overrides(second),
-                              composed)  # fmt: skip
+    changed = changed_values(parser.parse_overrides(first), parser.parse_overrides(second),
+                             composed)  # fmt: skip
     assert (changed is not None) == reused
 
 
-def test_a_derived_config_is_the_config_hydra_composes(monkeypatch) -> None:
-    """The Composer's copy of a composed job with other root values (Hydra's private helpers
-    applying them) equals Hydra's own composition of that job; without those helpers, the
-    loader composes every job itself."""
+@pytest.mark.parametrize("extra", [[], ["progress=false"]], ids=["lr-seed", "not-hashed-key"])
+def test_a_derived_config_is_the_config_hydra_composes(extra: list[str]) -> None:
+    """ComposeOnce's copy of a composed job with other root values equals Hydra's own
+    composition of that job (its task overrides and override dirname included); a job that
+    changes a config group is composed afresh."""
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
         master = loader.load_configuration("config", ["max_steps=7"], RunMode.MULTIRUN)
-        composer = Composer(loader)
-        composer.load_sweep_config(master, ["lr=0.001", "seed=0"])
-        derived = composer.load_sweep_config(master, ["lr=0.01", "seed=1"])
-        composed = loader.load_sweep_config(master, ["lr=0.01", "seed=1"])
-        assert len(composer.composed) == 1  # the second job was derived, not composed
+        once = ComposeOnce(loader)
+        once.load_sweep_config(master, ["lr=0.001", "seed=0", *extra])
+        job = ["lr=0.01", "seed=1", *[e.replace("false", "true") for e in extra]]
+        derived = once.load_sweep_config(master, job)
+        composed = loader.load_sweep_config(master, job)
+        assert len(once.composed) == 1  # the second job was derived, not composed
         assert OmegaConf.to_container(derived) == OmegaConf.to_container(composed)
-        monkeypatch.setattr(lockstep_launcher, "private_hydra", lambda: None)
-        own = loader.load_sweep_config
-        Composer.install(loader)
-        assert loader.load_sweep_config == own
+        assert derived.hydra.job.override_dirname == composed.hydra.job.override_dirname
+        once.load_sweep_config(master, ["lr=0.01", "seed=1", "model=tiny_bert", *extra])
+        assert len(once.composed) == 2  # another group option: composed
 
 
 @pytest.mark.slow
@@ -289,12 +293,12 @@ def test_a_killed_lockstep_group_resumes_every_run_exactly(
     assert len(paths) == len(killed) and all(checkpoint.step(p) == 8 for p in paths)
     if misfit:  # the last run's checkpoint, of its model with another input width
         data = tasks.build(dict(killed[-1].cfg.task), cache_dir=None)
-        other = recipe._build_model(killed[-1].cfg, data, torch.device("cpu"))
+        other = build_model(killed[-1].cfg, data, torch.device("cpu"))
         layer = other.input_layer
         other.input_layer = torch.nn.Linear(layer.in_features + 1, layer.out_features)
         optimizer = torch.optim.Adam(other.parameters())
         checkpoint.save(paths[-1], checkpoint.LoopState(step=8), other, optimizer)
-    assert groups.group(killed) == [[0, 1, 2, 3]]  # every checkpoint reads at step 8
+    assert grouping.groups(killed) == [[0, 1, 2, 3]]  # every checkpoint reads at step 8
     with caplog.at_level(logging.INFO, logger="xmodal_ft"):
         recipe.train(killed, launcher="lockstep")
     assert caplog.text.count("resumed from") == len(killed) - misfit
@@ -367,7 +371,15 @@ def test_random_draws_in_forward_are_refused_naming_the_default_launcher() -> No
     for model in runs:
         model.jitter = Jitter()
     with pytest.raises(LockstepError, match="jitter .*drop hydra/launcher=lockstep"):
-        lockstep.build(runs, [lockstep.rng_state()] * 2)
+        Stacked(as_runs(runs))
+
+
+def test_a_layer_with_hooks_is_refused_naming_the_way_out() -> None:
+    """Its hooks could not run on its stacked form (torch cannot move hooks)."""
+    runs = [tiny_model() for _ in range(2)]
+    runs[0].output_layer.register_forward_hook(lambda *args: None)
+    with pytest.raises(LockstepError, match="hooks registered on output_layer .*default launcher"):
+        Stacked(as_runs(runs))
 
 
 def test_frozen_pretrained_weights_are_stored_once_and_trainable_ones_per_run(
@@ -377,35 +389,35 @@ def test_frozen_pretrained_weights_are_stored_once_and_trainable_ones_per_run(
     data = tasks.build(dict(cfg.task), cache_dir=None)
     built = []
     for seed in (0, 1):
-        model = recipe._build_model(with_keys(cfg, seed=seed), data, torch.device("cpu"))
-        lockstep.share_frozen(model, built)
+        model = build_model(with_keys(cfg, seed=seed), data, torch.device("cpu"))
+        sharing.share_frozen(model, built)
         built.append(model)
     a, b = (dict(m.named_parameters()) for m in built)
     frozen = [n for n, p in a.items() if not p.requires_grad]
     assert frozen and all(a[n].data_ptr() == b[n].data_ptr() for n in frozen)
     assert not torch.equal(a["input_layer.weight"], b["input_layer.weight"])  # own init
-    stacked = lockstep.build(built, [lockstep.rng_state()] * 2)
+    stacked = Stacked(as_runs(built))
     assert stacked.model.input_layer.weight.shape[0] == 2
     assert stacked.model.backbone.h[0].attn.c_attn.weight.dim() == 2  # shared, not stacked
     assert torch.equal(stacked.model.input_layer.weight[1], b["input_layer.weight"])
-    monkeypatch.setattr(lockstep, "_free_memory", lambda device: 0)
-    assert lockstep.max_runs(built[0], 8, 16, torch.device("cpu"), frozen_shared=True) == 1
-    monkeypatch.setattr(lockstep, "_free_memory", lambda device: 1 << 40)
-    assert lockstep.max_runs(built[0], 8, 16, torch.device("cpu"), frozen_shared=True) == 64
+    monkeypatch.setattr(sizing, "_free_memory", lambda device: 0)
+    assert sizing.max_runs(built[0], 8, 16, torch.device("cpu"), frozen_shared=True) == 1
+    monkeypatch.setattr(sizing, "_free_memory", lambda device: 1 << 40)
+    assert sizing.max_runs(built[0], 8, 16, torch.device("cpu"), frozen_shared=True) == 64
 
 
 def test_max_runs_counts_the_attention_probabilities_attention_dropout_keeps(monkeypatch) -> None:
     """At 1024 tokens (CIFAR10-LRA) the L² probabilities of SDPA's math path, which attention
     dropout forces, dominate a run's memory: fewer runs fit than without attention dropout."""
-    monkeypatch.setattr(lockstep, "_free_memory", lambda device: 64 << 30)
+    monkeypatch.setattr(sizing, "_free_memory", lambda device: 64 << 30)
     batch, tokens, cpu = 8, 1024, torch.device("cpu")
     counts = {}
     for attn in (0.0, 0.1):
         model = tiny_model(dropout=0.1, attn_dropout=attn)
-        counts[attn] = lockstep.max_runs(model, batch, tokens, cpu, frozen_shared=False)
+        counts[attn] = sizing.max_runs(model, batch, tokens, cpu, frozen_shared=False)
     config = model.backbone.config
     probabilities = 4 * batch * config.n_head * tokens**2 * config.n_layer  # bytes, fp32
-    assert counts[0.0] == lockstep.MAX_RUNS > counts[0.1]
+    assert counts[0.0] == sizing.MAX_RUNS > counts[0.1]
     assert counts[0.1] * probabilities <= 0.5 * (64 << 30)
 
 
@@ -417,7 +429,7 @@ def stepped(
 ) -> list[dict]:
     """Parameters and optimizer state of `runs` runs (lr 1e-2 · (r + 1)) after `steps` clipped
     steps on random gradients (the same for both layouts); runs `leaving` stop after the first
-    step (they leave the stack: `keep`)."""
+    step (they leave the stack: `without`)."""
     models, optimizers = [], []
     for r in range(runs):
         model = tiny_model()
@@ -435,10 +447,8 @@ def stepped(
                                   fused=True)  # fmt: skip
         models.append(model)
         optimizers.append(opt)
-    if stacked:
-        layouts = [lockstep.build(models, [lockstep.rng_state()] * runs)]
-    else:
-        layouts = [lockstep.Single(m) for m in models]
+    run_list = as_runs(models, optimizers)
+    layouts = [Stacked(run_list)] if stacked else [Single(run) for run in run_list]
     g = torch.Generator().manual_seed(0)
     live = list(range(runs))
     for step in range(steps):
@@ -453,15 +463,15 @@ def stepped(
         for layout in layouts:
             layout.clip(1.0)
         if stacked:
-            layouts[0].step([optimizers[r] for r in live])
+            layouts[0].step()
         else:
             for r in live:
-                layouts[r].step([optimizers[r]])
+                layouts[r].step()
         for layout in layouts:
             layout.zero_grad()
         if step == 0:
             if stacked:
-                layouts = [layouts[0].keep([r for r in live if r not in leaving])]
+                layouts = [layouts[0].without([run_list[r] for r in leaving])]
             live = [r for r in live if r not in leaving]
     out = []
     for model, opt in zip(models, optimizers, strict=True):
@@ -508,7 +518,7 @@ def test_without_torchs_private_fused_kernels_each_run_takes_its_own_step(
     """Where torch lacks `_fused_adam_` / `_fused_sgd_`, each run's public `optimizer.step()` on
     its gradient views gives the same bits."""
     alone = stepped(kind, stacked=False)
-    monkeypatch.setattr(lockstep, "fused_kernels", lambda: None)
+    monkeypatch.setattr(fused, "fused_kernels", lambda: None)
     together = stepped(kind, stacked=True)
     for one, many in zip(alone, together, strict=True):
         assert one.keys() == many.keys()

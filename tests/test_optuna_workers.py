@@ -17,6 +17,7 @@ import time
 import wsgiref.util
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -396,16 +397,27 @@ def test_a_trials_seeds_are_judged_together_by_optunas_pruner() -> None:
     # One lockstep group of two trials' seeds (n_jobs trials under the lockstep launcher). In
     # trial 1, seed 0 beats the finished trial (0.6 > 0.5) and seed 1 does not: their mean (0.45)
     # does not, and both stop; trial 2's seeds (mean 0.55) train on.
-    judged = trial_pruning.TrialPruner([ident, ident, other, other], [1e-3, 1e-3, 2e-3, 2e-3],
+    runs = [SeedRun(lr, h) for lr, h in zip([1e-3, 1e-3, 2e-3, 2e-3], [history(0.1)] * 4,
+                                               strict=True)]  # fmt: skip
+    judged = trial_pruning.TrialPruner(dict(zip(runs, [ident, ident, other, other], strict=True)),
                                        "acc")  # fmt: skip
-    assert judged.prune(0, [history(0.1)] * 4, {0, 1, 2, 3}) == []
+    assert judged.prune(0, runs) == []
     passes = [history(0.1, 0.6), history(0.1, 0.3), history(0.1, 0.6), history(0.1, 0.5)]
-    assert judged.prune(2, passes, {0, 1, 2, 3}) == [0, 1]
-    assert judged.pruned_at == {0: 2, 1: 2}
+    for seed_run, passed in zip(runs, passes, strict=True):
+        seed_run.state.history = passed
+    assert judged.prune(2, runs) == runs[:2]
     assert study.trials[1].intermediate_values == {0: 0.1, 2: pytest.approx(0.45)}
     assert study.trials[2].intermediate_values == {0: 0.1, 2: pytest.approx(0.55)}
-    assert judged.prune(4, [*passes[:2], history(0.1, 0.6, 0.7), history(0.1, 0.5, 0.5)],
-                        {2, 3}) == []  # fmt: skip
+    runs[2].state.history, runs[3].state.history = history(0.1, 0.6, 0.7), history(0.1, 0.5, 0.5)
+    assert judged.prune(4, runs[2:]) == []
+
+
+class SeedRun:
+    """A run as a pruner sees it: its spec's lr and its validation history."""
+
+    def __init__(self, lr: float, passes: list[dict[str, float]]):
+        self.spec = SimpleNamespace(cfg={"lr": lr})
+        self.state = SimpleNamespace(history=passes)
 
 
 def test_a_pruned_trial_trains_its_seeds_in_one_group_and_stops_them_together(

@@ -139,7 +139,7 @@ def test_short_sweep_without_preset_warns_once(tmp_path, caplog, fresh_warning) 
     write_mnist(tmp_path / "mnist", n_train=24)
     with caplog.at_level(logging.WARNING, logger="xmodal_ft.papers"):
         for seed in (0, 1):
-            run(cfg, run_dir=tmp_path / f"s{seed}", choices={"experiment": None}, group="sweep")
+            run(cfg, run_dir=tmp_path / f"s{seed}", choices={"experiment": None}, sweep="sweep")
     [record] = [r for r in caplog.records if r.name == "xmodal_ft.papers"]
     assert record.getMessage().startswith("budget 6 steps of batch 8 (48 examples) is 7667x")
     needed = "GPT-2 variants needed 4.6e+04-2.4e+05 steps of batch 8 on mnist to match FPT's best"
@@ -150,9 +150,9 @@ def test_short_sweep_without_preset_warns_once(tmp_path, caplog, fresh_warning) 
 @pytest.mark.parametrize(
     ("kwargs", "warns"),
     [
-        ({"group": None, "choices": {}}, False),  # a plain single run: a smoke test, say
-        ({"group": None, "choices": {"experiment": "cpu_study_mnist"}}, True),  # a preset's run
-        ({"group": "sweep", "choices": {"experiment": "cpu_study_mnist"}}, True),  # its sweep
+        ({"sweep": None, "choices": {}}, False),  # a plain single run: a smoke test, say
+        ({"sweep": None, "choices": {"experiment": "cpu_study_mnist"}}, True),  # a preset's run
+        ({"sweep": "sweep", "choices": {"experiment": "cpu_study_mnist"}}, True),  # its sweep
     ],
 )
 def test_single_runs_of_presets_and_sweeps_warn(tmp_path, caplog, fresh_warning, kwargs, warns):
@@ -174,7 +174,7 @@ def test_the_survey_budget_counts_epochs_of_the_full_training_set(
         "variant=unfrozen_pretrained",
     )  # fmt: skip
     with caplog.at_level(logging.WARNING, logger="xmodal_ft.papers"):
-        run(cfg, run_dir=tmp_path / "run", choices={"experiment": "cpu_study_sst2"}, group="s")
+        run(cfg, run_dir=tmp_path / "run", choices={"experiment": "cpu_study_sst2"}, sweep="s")
     [record] = [r for r in caplog.records if r.name == "xmodal_ft.papers"]
     assert "(40 examples)" in record.getMessage()  # 5 epochs of 8 sentences ...
     assert "trained 5 epochs of batch 32 on sst2" in record.getMessage()  # ... of all 392

@@ -7,15 +7,18 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from conftest import fake_run, make_cfg
-from xmodal_ft import engine, groups, pruning, recipe, report, report_plots
+from xmodal_ft import pruning, recipe, report, report_plots
+from xmodal_ft.engine import batches
 from xmodal_ft.errors import UserError
+from xmodal_ft.lockstep import grouping
 from xmodal_ft.pruning import Finished, GroupPruner, Halving, Median
-from xmodal_ft.recipe import RunSpec
-from xmodal_ft.record import write_results
+from xmodal_ft.record.results import write_results
+from xmodal_ft.runspec import RunSpec
 
 # ---- the rules -------------------------------------------------------------------------------
 
@@ -57,41 +60,56 @@ def history(*accs: float, every: int = 5) -> list[dict[str, float]]:
     return [{"step": every * i, "val/acc": acc} for i, acc in enumerate(accs)]
 
 
+class Member:
+    """A run as a pruner sees it: its validation history, and the step it was pruned at."""
+
+    def __init__(self, history: list[dict[str, float]]):
+        self.state = SimpleNamespace(history=history)
+        self.pruned_at = None
+
+
+def members(lrs: list[float], histories: list[list[dict[str, float]]]) -> dict[Member, float]:
+    return {Member(h): lr for lr, h in zip(lrs, histories, strict=True)}
+
+
 def test_an_lr_is_judged_by_its_seed_mean_and_all_its_seeds_stop_together() -> None:
     """LR 1e-3 has the single best run (0.9) but the worse seed mean (0.5 < 0.6)."""
     lrs = [1e-3, 1e-2, 1e-3, 1e-2]
     histories = [history(0.1, 0.9), history(0.1, 0.6), history(0.1, 0.1), history(0.1, 0.6)]
-    pruner = GroupPruner(Halving(eta=2), lrs, "acc")
-    assert pruner.prune(5, histories, training={0, 1, 2, 3}) == [0, 2]
-    assert pruner.pruned_at == {0: 5, 2: 5}
+    group = members(lrs, histories)
+    runs = list(group)
+    assert GroupPruner(Halving(eta=2), group, "acc").prune(5, runs) == [runs[0], runs[2]]
 
 
 def test_the_best_so_far_counts_not_the_last_pass() -> None:
-    lrs = [1e-3, 1e-2]
-    histories = [history(0.1, 0.8, 0.2), history(0.1, 0.5, 0.6)]
-    assert GroupPruner(Median(warmup=1), lrs, "acc").prune(10, histories, {0, 1}) == [1]
+    group = members([1e-3, 1e-2], [history(0.1, 0.8, 0.2), history(0.1, 0.5, 0.6)])
+    runs = list(group)
+    assert GroupPruner(Median(warmup=1), group, "acc").prune(10, runs) == [runs[1]]
 
 
 def test_finished_runs_keep_a_resumed_groups_decisions() -> None:
     """LR 1e-4 was pruned at step 5; a group resumed without its runs decides at step 5 as the
     uninterrupted group did (1e-4 out, 1e-3 and 1e-2 on), and leaves 1e-4 out at step 10."""
-    full = GroupPruner(Halving(eta=2), [1e-4, 1e-3, 1e-2], "acc")
     histories = [history(0.1, 0.1), history(0.1, 0.5), history(0.1, 0.6)]
-    assert full.prune(5, histories, {0, 1, 2}) == [0]
+    full = members([1e-4, 1e-3, 1e-2], histories)
+    assert GroupPruner(Halving(eta=2), full, "acc").prune(5, list(full)) == [list(full)[0]]
     gone = [Finished(1e-4, histories[0], pruned_at=5)]
-    resumed = GroupPruner(Halving(eta=2), [1e-3, 1e-2], "acc", gone)
-    assert resumed.prune(5, histories[1:], {0, 1}) == []
-    without = GroupPruner(Halving(eta=2), [1e-3, 1e-2], "acc")
-    assert without.prune(5, histories[1:], {0, 1}) == [0]  # what the finished runs prevent
-    later = [history(0.1, 0.5, 0.7), history(0.1, 0.6, 0.65)]
-    assert resumed.prune(10, later, {0, 1}) == [1]  # 1e-4 (best 0.1) no longer in the group
+    rest = members([1e-3, 1e-2], histories[1:])
+    runs = list(rest)
+    resumed = GroupPruner(Halving(eta=2), rest, "acc", gone)
+    assert resumed.prune(5, runs) == []
+    without = GroupPruner(Halving(eta=2), rest, "acc")
+    assert without.prune(5, runs) == [runs[0]]  # what the finished runs prevent
+    for run, later in zip(runs, [history(0.1, 0.5, 0.7), history(0.1, 0.6, 0.65)], strict=True):
+        run.state.history = later
+    assert resumed.prune(10, runs) == [runs[1]]  # 1e-4 (best 0.1) no longer in the group
 
 
 def test_a_run_that_stopped_early_is_not_pruned_but_counts() -> None:
-    lrs = [1e-3, 1e-2, 1e-4]
-    histories = [history(0.1, 0.2), history(0.1, 0.9), history(0.1, 0.3)]
-    pruner = GroupPruner(Halving(eta=3), lrs, "acc")
-    assert pruner.prune(5, histories, training={1, 2}) == [2]  # run 0 stopped on its own
+    group = members([1e-3, 1e-2, 1e-4], [history(0.1, 0.2), history(0.1, 0.9), history(0.1, 0.3)])
+    runs = list(group)
+    pruner = GroupPruner(Halving(eta=3), group, "acc")
+    assert pruner.prune(5, runs[1:]) == [runs[2]]  # run 0 stopped on its own
 
 
 # ---- lockstep groups with a pruner -----------------------------------------------------------
@@ -123,14 +141,14 @@ def pruned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict], 
     """The grid trained in lockstep with the pruner, each step's number of runs computed."""
     root = tmp_path_factory.mktemp("pruned")
     rows = []
-    batch = engine._runs_batch
+    batch = batches.of_runs
 
     def counting(split, idxs, device):
         rows.append(len(idxs))
         return batch(split, idxs, device)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(engine, "_runs_batch", counting)
+        patch.setattr(batches, "of_runs", counting)
         recipe.train(grid(root, "variant=unfrozen_random", *PRUNER), launcher="lockstep")
     return root, [results(s) for s in grid(root)], rows
 
@@ -163,7 +181,7 @@ def test_a_resumed_group_neither_retrains_nor_resurrects_its_pruned_runs(tmp_pat
         if result.get("pruned_at") == 5:
             spec.run_dir.mkdir(parents=True)
             shutil.copy(root / spec.run_dir.name / "results.json", spec.run_dir)
-    (members,) = groups.group(specs)
+    (members,) = grouping.groups(specs)
     recipe.train([specs[i] for i in members], launcher="lockstep")
     for spec, result in zip(specs, found, strict=True):
         again = results(spec)

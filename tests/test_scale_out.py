@@ -15,9 +15,10 @@ import torch
 
 from conftest import make_cfg
 from test_sweeps import sweep
-from xmodal_ft import dispatch, engine, lockstep, placement, recipe, workers
+from xmodal_ft import dispatch, engine, placement, recipe, workers
+from xmodal_ft.lockstep import sizing
 from xmodal_ft.placement import Device, PlacementError
-from xmodal_ft.recipe import RunSpec
+from xmodal_ft.runspec import RunSpec
 
 GRID = [(1e-3, 0), (1e-2, 0), (1e-3, 1), (1e-2, 1)]  # (lr, seed)
 STEPS = ["variant=unfrozen_random", "max_steps=12", "eval_every=6", "log_every=1", "threads=1"]
@@ -156,16 +157,16 @@ def test_a_cards_free_memory_counts_what_torchs_cache_holds_unused(monkeypatch) 
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 * GiB, 80 * GiB))
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 30 * GiB)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 5 * GiB)
-    assert lockstep._free_memory(torch.device("cuda", 0)) == 35 * GiB
+    assert sizing._free_memory(torch.device("cuda", 0)) == 35 * GiB
 
 
 @pytest.mark.gpu
 def test_a_groups_freed_tensors_count_as_free_memory_for_the_next_group() -> None:
     device = torch.device("cuda")
-    before = lockstep._free_memory(device)
+    before = sizing._free_memory(device)
     block = torch.empty(GiB, dtype=torch.uint8, device=device)
     del block  # freed, but kept in torch's cache
-    assert lockstep._free_memory(device) > before - GiB // 4
+    assert sizing._free_memory(device) > before - GiB // 4
 
 
 # ---- groups on devices ------------------------------------------------------------------------

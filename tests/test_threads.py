@@ -109,7 +109,7 @@ def test_a_run_resumes_on_the_thread_count_it_started_with(tmp_path, monkeypatch
     assert recorded == [1, 1]
     monkeypatch.setattr(threads, "_busy", lambda: 0)
     tracker = Threads()
-    monkeypatch.setattr("xmodal_ft.record.build_tracker", lambda *args: tracker)
+    monkeypatch.setattr("xmodal_ft.record.trackers.build_tracker", lambda *args: tracker)
     run(cfg, tmp_path / "resumed")
     assert tracker.counts == {1}
     one, resumed = read_results(tmp_path / "one"), read_results(tmp_path / "resumed")

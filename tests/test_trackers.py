@@ -11,7 +11,9 @@ import pytest
 from wandb.proto import wandb_internal_pb2
 
 from conftest import make_cfg
-from xmodal_ft import record, report, run
+from xmodal_ft import report, run
+from xmodal_ft.record import trackers
+from xmodal_ft.record.results import write_results
 
 
 def wandb_records(path: Path) -> list[wandb_internal_pb2.Record]:
@@ -55,7 +57,7 @@ def items(update) -> dict:
 
 def test_wandb_offline_run_has_config_metrics_and_best_summary(tmp_path) -> None:
     cfg = make_cfg("variant=unfrozen_random", "logger=wandb", "logger.project=test")
-    run(cfg, run_dir=tmp_path, group="sweep-1", name="lr=0.001,seed=0")
+    run(cfg, run_dir=tmp_path, sweep="sweep-1", name="lr=0.001,seed=0")
     results = json.loads((tmp_path / "results.json").read_text())
     records = finished_records(tmp_path)
     [meta] = [r.run for r in records if r.HasField("run")]
@@ -82,7 +84,7 @@ def test_wandb_offline_run_has_config_metrics_and_best_summary(tmp_path) -> None
 
 def test_unknown_logger_lists_the_choices(tmp_path) -> None:
     with pytest.raises(ValueError, match="unknown logger 'nope'; choose one of: local, wandb"):
-        record.build_tracker({"name": "nope"}, tmp_path, {})
+        trackers.build_tracker({"name": "nope"}, tmp_path, {})
 
 
 def test_report_logs_its_table_and_plots_to_a_wandb_offline_run(tmp_path) -> None:
@@ -92,7 +94,7 @@ def test_report_logs_its_table_and_plots_to_a_wandb_offline_run(tmp_path) -> Non
         config = {g: {"name": n} for g, n in zip(report.GROUP, names, strict=True)}
         payload = {"status": "complete", "metric": "acc", "val/acc": val, "test/acc": val}
         payload |= {"config": {**config, "lr": lr, "seed": 0}, "best_step": 1, "history": []}
-        record.write_results(run_dir, payload)
+        write_results(run_dir, payload)
     runs, _ = report.load_runs([tmp_path / "runs"])
     paths = report.write(report.aggregate(runs), tmp_path / "out", [])
     report.log_to_wandb(paths, "reports")

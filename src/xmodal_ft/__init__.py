@@ -7,17 +7,16 @@
 
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import OmegaConf
-
-from xmodal_ft import record
+from xmodal_ft.record import identity
 
 if TYPE_CHECKING:
     from xmodal_ft.recipe import run
 
-# conf/config.yaml's resolvers (hydra.sweep.subdir, exclude_keys): registered on import, so that
-# launcher workers have them (they receive the ConfigStore's schemas from the launching process).
-OmegaConf.register_new_resolver("run_key", record.run_key, replace=True)
-OmegaConf.register_new_resolver("not_hashed", lambda: sorted(record.NOT_HASHED), replace=True)
+# conf/config.yaml's resolvers (hydra.sweep.subdir, exclude_keys), registered here and only here:
+# on import of the package, because the workers of Hydra's launchers (joblib, submitit) compose
+# their job's config after unpickling the task function, which imports this package, and before
+# any code of ours runs in them.
+identity.register_resolvers()
 
 __all__ = ["run"]
 

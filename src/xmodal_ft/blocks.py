@@ -11,8 +11,12 @@ A lone run's trainable Linear, Conv1D and Embedding layers compute in block form
 each block of a stack runs the very kernels of its lone run (a batched matmul over K blocks gives
 each block the bits it gives alone, where `addmm` vs `bmm` can differ in the last bit, and such
 bits grow into different runs over a few hundred steps at a high LR). LayerNorm's block form
-calls torch's own kernel per block, so a lone run keeps torch's module (`ALONE_AS_IS`). Frozen
-layers keep torch's forward: their rows do not depend on the batch around them.
+calls torch's own kernel per block, so a lone run keeps torch's module (`ONE_BLOCK_IS_TORCH`).
+Frozen layers keep torch's forward: their rows do not depend on the batch around them.
+
+A block form is a module of its own (`BlockForm`), not a subclass of the layer it replaces: its
+weights are (K, ...) where the layer's are not. Hooks registered on a layer cannot follow it to
+its block form (torch has no public way to move them), so `swap` refuses a layer with hooks.
 """
 
 from __future__ import annotations
@@ -30,14 +34,14 @@ from xmodal_ft.inputs import PrependToken
 Params = dict[str, nn.Parameter | None]
 
 
-class Rows:
+class BatchRows:
     """The row count of the batch a model runs now, for layers that broadcast one row of ids
-    (positions) to every block's rows; `follow(model)` keeps it up to date."""
+    (positions) to every block's rows; `track(model)` keeps it up to date."""
 
     def __init__(self) -> None:
         self.count = 0
 
-    def follow(self, model: nn.Module) -> None:
+    def track(self, model: nn.Module) -> None:
         """Set the count from each batch `model` runs (its first argument's rows)."""
         model.register_forward_pre_hook(self._enter)
 
@@ -48,7 +52,8 @@ class Rows:
 def swap(model: nn.Module, replace: Callable[[str, nn.Module], nn.Module | None]) -> list[str]:
     """Put `replace(name, module)` in `model` in place of each submodule it returns a module for,
     parents before children (a replacement that keeps its original's children has them visited
-    too), with the original's hooks and train/eval mode; return the names replaced."""
+    too), in the original's train/eval mode; return the names replaced. A module with hooks is
+    not replaced: `HookedModule` is raised (its hooks would not run on its replacement)."""
     swapped = []
     for name in [n for n, _ in model.named_modules() if n]:
         try:
@@ -57,7 +62,8 @@ def swap(model: nn.Module, replace: Callable[[str, nn.Module], nn.Module | None]
             continue
         new = replace(name, module)
         if new is not None:
-            _keep_hooks(module, new)
+            if has_hooks(module):
+                raise HookedModule(f"{name} ({type(module).__name__}) has hooks registered")
             new.train(module.training)
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent), child, new)
@@ -65,20 +71,47 @@ def swap(model: nn.Module, replace: Callable[[str, nn.Module], nn.Module | None]
     return swapped
 
 
-_HOOKS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
-          "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_backward_pre_hooks",
-          "_backward_hooks")  # fmt: skip
+class HookedModule(ValueError):
+    """A module with hooks cannot be swapped: they would not run on its replacement."""
 
 
-def _keep_hooks(module: nn.Module, new: nn.Module) -> None:
-    """`new` runs `module`'s hooks: it takes module's hook dicts themselves (torch's private
-    attributes), so the handles registered on `module` still remove them."""
-    for name in _HOOKS:
-        if hasattr(module, name):
-            setattr(new, name, getattr(module, name))
+_HOOKS = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
 
 
-def block_form(module: nn.Module, params: Params, blocks: int, rows: Rows) -> nn.Module:
+def has_hooks(module: nn.Module) -> bool:
+    """Whether hooks are registered on `module` itself. Torch keeps them in private dicts and
+    has no public way to list them; an attribute it renamed raises here (AttributeError), and
+    tests/test_blocks.py registers each kind of hook and checks that this sees it."""
+    return any(getattr(module, name) for name in _HOOKS)
+
+
+def to_block_form(model: nn.Module) -> nn.Module:
+    """`model` (a lone run's) with its trainable Linear, Conv1D and Embedding layers (and
+    [CLS] token) in block form with one block, in place; a model in block form already (trained
+    before) is left as it is, and so is a layer with hooks. Return the model."""
+    rows = BatchRows()
+
+    def one_block(name: str, module: nn.Module) -> nn.Module | None:
+        kind = type(module)  # torch's layers only: a block form is one already
+        if kind not in BLOCK_FORMS or kind in ONE_BLOCK_IS_TORCH or not has_block_form(module):
+            return None
+        if not trains(module):
+            return None
+        if has_hooks(module):  # its hooks go on running on torch's module (a lone run only)
+            return None
+        return block_form(module, dict(module.named_parameters(recurse=False)), 1, rows)
+
+    if swap(model, one_block):
+        rows.track(model)
+    return model
+
+
+def trains(module: nn.Module) -> bool:
+    """Whether any of `module`'s own parameters trains."""
+    return any(p.requires_grad for p in module.parameters(recurse=False))
+
+
+def block_form(module: nn.Module, params: Params, blocks: int, rows: BatchRows) -> nn.Module:
     """`module` in block form with `blocks` blocks and parameters `params` (by name); `module`
     may be in block form already (a lone run's, stacked again when runs leave a stack)."""
     kind = type(module)
@@ -86,8 +119,14 @@ def block_form(module: nn.Module, params: Params, blocks: int, rows: Rows) -> nn
 
 
 def has_block_form(module: nn.Module) -> bool:
-    """Whether `module` has a block form (or is one)."""
-    return type(module) in BLOCK_FORMS or type(module) in FORMS
+    """Whether `module` has a block form (or is one): an embedding with options of
+    `F.embedding` beyond `padding_idx` (max_norm, ...) has none."""
+    kind = type(module)
+    if kind is nn.Embedding and any(
+        getattr(module, key) for key in ("max_norm", "scale_grad_by_freq", "sparse")
+    ):
+        return False
+    return kind in BLOCK_FORMS or kind in FORMS
 
 
 def _with_blocks(tensor: torch.Tensor | None, blocks: int) -> torch.Tensor | None:
@@ -104,56 +143,60 @@ def _matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
     return out.reshape(*shape[:-1], weight.shape[-1])
 
 
-class BlockLinear(nn.Linear):
+class BlockForm(nn.Module):
+    """A layer in block form with `blocks` blocks (see the module docstring); its parameters
+    keep the names of the layer it replaces."""
+
+    def __init__(self, blocks: int, params: Params) -> None:
+        super().__init__()
+        self.blocks = blocks
+        for name, param in params.items():
+            self.register_parameter(name, param)
+
+    def _param(self, name: str) -> torch.Tensor | None:
+        """Parameter `name` with its leading block axis (added for K = 1: not stacked)."""
+        return _with_blocks(getattr(self, name), self.blocks)
+
+
+class BlockLinear(BlockForm):
     """`nn.Linear` in block form: weight (K, out, in) and bias (K, out), or unstacked for K = 1."""
 
-    def __init__(self, linear: nn.Linear, params: Params, blocks: int, rows: Rows) -> None:
-        nn.Module.__init__(self)
-        self.in_features, self.out_features, self.blocks = (
-            linear.in_features,
-            linear.out_features,
-            blocks,
-        )
-        self.weight = params["weight"]
-        self.register_parameter("bias", params.get("bias"))
+    def __init__(self, linear: nn.Module, params: Params, blocks: int, rows: BatchRows) -> None:
+        super().__init__(blocks, {"weight": params["weight"], "bias": params.get("bias")})
+        self.in_features, self.out_features = linear.in_features, linear.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = _with_blocks(self.weight, self.blocks).transpose(1, 2)
-        return _matmul(x, weight, _with_blocks(self.bias, self.blocks))
+        return _matmul(x, self._param("weight").transpose(1, 2), self._param("bias"))
 
     def extra_repr(self) -> str:
-        return f"blocks={self.blocks}, {super().extra_repr()}"
+        return (f"blocks={self.blocks}, in_features={self.in_features}, "
+                f"out_features={self.out_features}, bias={self.bias is not None}")  # fmt: skip
 
 
-class BlockConv1D(Conv1D):
+class BlockConv1D(BlockForm):
     """GPT-2's `Conv1D` in block form: weight (K, in, out) and bias (K, out)."""
 
-    def __init__(self, conv: Conv1D, params: Params, blocks: int, rows: Rows) -> None:
-        nn.Module.__init__(self)
-        self.nf, self.nx, self.blocks = conv.nf, conv.nx, blocks
-        self.weight = params["weight"]
-        self.register_parameter("bias", params.get("bias"))
+    def __init__(self, conv: nn.Module, params: Params, blocks: int, rows: BatchRows) -> None:
+        super().__init__(blocks, {"weight": params["weight"], "bias": params.get("bias")})
+        self.nf, self.nx = conv.nf, conv.nx
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = _with_blocks(self.weight, self.blocks)
-        return _matmul(x, weight, _with_blocks(self.bias, self.blocks))
+        return _matmul(x, self._param("weight"), self._param("bias"))
 
     def __repr__(self) -> str:
         return f"BlockConv1D(blocks={self.blocks}, nf={self.nf}, nx={self.nx})"
 
 
-class BlockLayerNorm(nn.LayerNorm):
+class BlockLayerNorm(BlockForm):
     """`nn.LayerNorm` in block form: each block's rows through `F.layer_norm` with the block's
     scale and shift, torch's fused kernel as its lone run calls it (an affine map after the
     normalisation would round apart, and its backward would sum the scale's gradient in another
     order)."""
 
-    def __init__(self, norm: nn.LayerNorm, params: Params, blocks: int, rows: Rows) -> None:
-        nn.Module.__init__(self)
+    def __init__(self, norm: nn.Module, params: Params, blocks: int, rows: BatchRows) -> None:
+        super().__init__(blocks, {"weight": params.get("weight"), "bias": params.get("bias")})
         self.normalized_shape, self.eps = norm.normalized_shape, norm.eps
-        self.elementwise_affine, self.blocks = norm.elementwise_affine, blocks
-        self.register_parameter("weight", params.get("weight"))
-        self.register_parameter("bias", params.get("bias"))
+        self.elementwise_affine = norm.elementwise_affine
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = [None] * self.blocks if self.weight is None else self.weight.unbind(0)
@@ -167,22 +210,21 @@ class BlockLayerNorm(nn.LayerNorm):
         )
 
     def extra_repr(self) -> str:
-        return f"blocks={self.blocks}, {super().extra_repr()}"
+        return (f"blocks={self.blocks}, {self.normalized_shape}, eps={self.eps}, "
+                f"elementwise_affine={self.elementwise_affine}")  # fmt: skip
 
 
-class BlockEmbedding(nn.Embedding):
+class BlockEmbedding(BlockForm):
     """`nn.Embedding` in block form: table (K, vocab, hidden); ids of one row (positions)
     broadcast over every block's rows (`rows`: the batch's)."""
 
-    def __init__(self, embedding: nn.Embedding, params: Params, blocks: int, rows: Rows) -> None:
-        nn.Module.__init__(self)
-        for key in ("num_embeddings", "embedding_dim", "padding_idx", "max_norm", "norm_type",
-                    "scale_grad_by_freq", "sparse"):  # fmt: skip
-            setattr(self, key, getattr(embedding, key))
-        self.weight, self.blocks, self.rows = params["weight"], blocks, rows
+    def __init__(self, embedding: nn.Module, params: Params, blocks: int, rows: BatchRows) -> None:
+        super().__init__(blocks, {"weight": params["weight"]})
+        self.num_embeddings, self.embedding_dim = embedding.num_embeddings, embedding.embedding_dim
+        self.padding_idx, self.rows = embedding.padding_idx, rows
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        weight = _with_blocks(self.weight, self.blocks)
+        weight = self._param("weight")
         blocks, vocab, hidden = weight.shape
         if ids.shape[0] == 1:
             rows = self.rows.count
@@ -197,21 +239,22 @@ class BlockEmbedding(nn.Embedding):
         return out
 
     def extra_repr(self) -> str:
-        return f"blocks={self.blocks}, {super().extra_repr()}"
+        padding = "" if self.padding_idx is None else f", padding_idx={self.padding_idx}"
+        return f"blocks={self.blocks}, {self.num_embeddings}, {self.embedding_dim}{padding}"
 
 
-class BlockPrependToken(PrependToken):
+class BlockPrependToken(BlockForm):
     """`PrependToken` in block form: each block's own learned token (K, hidden) in front of its
     rows' sequences."""
 
-    def __init__(self, prepend: PrependToken, params: Params, blocks: int, rows: Rows) -> None:
-        nn.Module.__init__(self)
-        self.layer, self.token, self.blocks = prepend.layer, params["token"], blocks
+    def __init__(self, prepend: nn.Module, params: Params, blocks: int, rows: BatchRows) -> None:
+        super().__init__(blocks, {"token": params["token"]})
+        self.layer = prepend.layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         embeds = self.layer(x)
         rows, length, hidden = embeds.shape
-        token = _with_blocks(self.token, self.blocks).to(embeds.dtype)[:, None, None, :]
+        token = self._param("token").to(embeds.dtype)[:, None, None, :]
         token = token.expand(self.blocks, rows // self.blocks, 1, hidden).reshape(rows, 1, hidden)
         return torch.cat([token, embeds], dim=1)
 
@@ -264,4 +307,5 @@ BLOCK_FORMS: dict[type, type[nn.Module]] = {
     PrependToken: BlockPrependToken,
 }
 FORMS = frozenset(BLOCK_FORMS.values())
-ALONE_AS_IS = (nn.LayerNorm,)  # their block form computes a block as torch's own forward does
+# Layers whose block form computes one block exactly as torch's module: a lone run keeps torch's.
+ONE_BLOCK_IS_TORCH = (nn.LayerNorm,)

@@ -24,9 +24,7 @@ from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
-
-from xmodal_ft import record
+from omegaconf import MISSING
 
 # Builder parameters the recipe passes at run time (not config keys): the model's tokenizer.
 RUNTIME_ARGS = ("tokenizer",)
@@ -231,12 +229,11 @@ _registered = False
 
 
 def register() -> None:
-    """Store the schemas in Hydra's ConfigStore and register the config's resolvers (once)."""
+    """Store the schemas in Hydra's ConfigStore (once); the config's resolvers are registered
+    when the package is imported (`xmodal_ft/__init__.py`)."""
     global _registered
     if _registered:
         return
-    OmegaConf.register_new_resolver("run_key", record.run_key, replace=True)
-    OmegaConf.register_new_resolver("not_hashed", lambda: sorted(record.NOT_HASHED), replace=True)
     store = ConfigStore.instance()
     store.store(name="config_schema", node=Config)
     store.store(group="schema", name="model", node=ModelConfig)

@@ -24,9 +24,9 @@ from typing import Any
 import submitit
 from omegaconf import OmegaConf
 
-from xmodal_ft import recipe, watch
+from xmodal_ft import watch
 from xmodal_ft.errors import UserError
-from xmodal_ft.recipe import RunSpec
+from xmodal_ft.runspec import RunSpec
 
 log = logging.getLogger(__name__)
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's job log format
@@ -75,6 +75,8 @@ def split(groups: Sequence[Group], workers: int) -> list[Group]:
 
 def train_group(group: Group, max_runs: int | None, memory_share: float = 1.0) -> Outcome:
     """Train `group`, its records appended to its jobs' log files; failures come back as values."""
+    from xmodal_ft import recipe  # torch and transformers: imported where a group trains
+
     with _job_logs(group.log_of):
         try:
             return list(recipe.train(group.specs, "lockstep", max_runs, memory_share))

@@ -1,7 +1,7 @@
 """User errors end in one line on stderr that names the fix; bugs keep their traceback.
 
 `UserError` is the one type for mistakes in the command line, the config or the inputs (its
-subclasses: recipe.ConfigError, tasks.DataError, models.ModelLoadError, schemes.SchemeError).
+subclasses: recipe.ConfigError, tasks.DataError, hub.ModelLoadError, schemes.SchemeError).
 `main(hydra_main)` runs a `@hydra.main` function so that these errors, and Hydra's own
 composition errors (unknown group option or key, wrong type), print as one line and exit with
 status 1. `HYDRA_FULL_ERROR=1` or the config key `debug=true` shows the full traceback instead.
@@ -33,6 +33,17 @@ class LockstepError(UserError, ValueError):
 
 
 DEFAULT_LAUNCHER = "run it with the default launcher (drop hydra/launcher=lockstep)"
+
+
+def importable(path: str, key: str, error: type[UserError] = UserError) -> Any:
+    """What `path` (`module.attribute`, the value of config key `key`, e.g. a `_target_`)
+    names; an `error` naming the key when it cannot be imported."""
+    from hydra.utils import get_method
+
+    try:
+        return get_method(path)
+    except Exception as err:  # Hydra's locate error: module or attribute missing
+        raise error(f"{key}={path} cannot be imported ({err})") from err
 
 
 def one_line(message: str) -> str:

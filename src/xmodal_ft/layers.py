@@ -14,7 +14,7 @@ from torch import nn
 
 
 @dataclass
-class Group:
+class LayerGroup:
     """One layer group: a name and its parameters by full name."""
 
     name: str
@@ -36,7 +36,7 @@ def find_layers(backbone: nn.Module) -> tuple[str, nn.ModuleList]:
     return max(stacks, key=lambda item: sum(p.numel() for p in item[1].parameters()))
 
 
-def layer_groups(model: nn.Module) -> list[Group]:
+def layer_groups(model: nn.Module) -> list[LayerGroup]:
     """All parameters of a model with `.backbone` (and optional `.input_layer`), bottom to top."""
     _, stack = find_layers(model.backbone)
     layer_of = {id(p): i for i, layer in enumerate(stack) for p in layer.parameters()}
@@ -48,9 +48,9 @@ def layer_groups(model: nn.Module) -> list[Group]:
     input_layer = getattr(model, "input_layer", None)
     if input_layer is not None:
         below.update(id(p) for p in input_layer.parameters())
-    groups = [Group("bottom", {})]
-    groups += [Group(f"layer.{i}", {}) for i in range(len(stack))]
-    groups.append(Group("top", {}))
+    groups = [LayerGroup("bottom", {})]
+    groups += [LayerGroup(f"layer.{i}", {}) for i in range(len(stack))]
+    groups.append(LayerGroup("top", {}))
     for name, param in model.named_parameters():
         if id(param) in layer_of:
             index = 1 + layer_of[id(param)]

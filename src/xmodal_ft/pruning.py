@@ -12,6 +12,9 @@ together; a group with one LR is never pruned. A pass is a validation pass: pass
 
 Decisions are a function of the runs' validation histories alone (`GroupPruner`): a group resumed
 after a kill, given its pruned runs' histories, prunes at the same passes as the uninterrupted one.
+
+`Pruner` is what the training loop asks after each validation pass; the recipe builds a group's
+pruner in one place (`recipe.group.GroupRecipe.pruner`).
 """
 
 from __future__ import annotations
@@ -20,9 +23,23 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from xmodal_ft.errors import UserError
+
+if TYPE_CHECKING:
+    from xmodal_ft.engine.run import Run
+
+
+class Pruner(Protocol):
+    """Which runs of a lockstep group stop before their budget, decided after each validation
+    pass. The loop calls `prune(step, training)` after the pass at `step` (not after the last
+    step): `training` are the group's runs still training, each with its validation records up
+    to `step` in `run.state.history` ({"step": s, "val/<metric>": v, ...}). The runs returned
+    stop now: they are tested with their best weights, leave the stack and are recorded as
+    pruned at `step` (`run.pruned_at`, `pruned_at` in results.json)."""
+
+    def prune(self, step: int, training: Sequence[Run]) -> list[Run]: ...
 
 
 class Rule(Protocol):
@@ -97,31 +114,26 @@ class Finished:
 
 
 class GroupPruner:
-    """A rule applied to one lockstep group: run r has LR `lrs[r]`; `finished` holds the group's
-    runs that trained before (a resumed group's pruned runs), judged with the others."""
+    """A rule applied to one lockstep group, judging LRs by their seed means: `lrs` gives each
+    of the group's runs its LR; `finished` holds the group's runs that trained before (a
+    resumed group's pruned runs), judged with the others."""
 
     def __init__(
-        self, rule: Rule, lrs: Sequence[float], metric: str, finished: Sequence[Finished] = ()
+        self, rule: Rule, lrs: Mapping[Run, float], metric: str, finished: Sequence[Finished] = ()
     ):
-        self.rule, self.lrs, self.key = rule, list(lrs), f"val/{metric}"
+        self.rule, self.lrs, self.key = rule, dict(lrs), f"val/{metric}"
         self.finished = list(finished)
-        self.pruned_at: dict[int, int] = {}  # run -> the step it was pruned at
 
-    def prune(
-        self, step: int, histories: Sequence[Sequence[Mapping[str, float]]], training: set[int]
-    ) -> list[int]:
-        """The runs of `training` to stop after the validation pass at `step` (every run's
-        `histories[r]` holds its records up to there); they are recorded as pruned at `step`."""
-        own = zip(self.lrs, histories, strict=True)
+    def prune(self, step: int, training: Sequence[Run]) -> list[Run]:
+        """The runs of `training` to stop after the validation pass at `step`."""
+        histories = [run.state.history for run in self.lrs]
         records = [
             *self.finished,
-            *(Finished(lr, h, self.pruned_at.get(r)) for r, (lr, h) in enumerate(own)),
+            *(Finished(lr, run.state.history, run.pruned_at) for run, lr in self.lrs.items()),
         ]
         passes = max(sum(1 for rec in h if rec["step"] <= step) for h in histories) - 1
         stopped = self.rule.prune(passes, lr_values(records, step, self.key))
-        runs = [r for r in sorted(training) if self.lrs[r] in stopped]
-        self.pruned_at.update((r, step) for r in runs)
-        return runs
+        return [run for run in training if self.lrs[run] in stopped]
 
 
 def lr_values(runs: Sequence[Finished], step: int, key: str) -> dict[float, float]:

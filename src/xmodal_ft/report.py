@@ -31,7 +31,9 @@ import yaml
 from xmodal_ft import report_compare
 from xmodal_ft.atomic import atomic_path
 from xmodal_ft.labels import own_optimizer
-from xmodal_ft.record import METRICS, NOT_HASHED, RESULTS
+from xmodal_ft.record.identity import NOT_HASHED
+from xmodal_ft.record.results import RESULTS
+from xmodal_ft.record.trackers import METRICS
 from xmodal_ft.report_types import Failure, LrStats, Run, Selection
 
 log = logging.getLogger(__name__)

@@ -23,15 +23,15 @@ import logging
 from collections.abc import Callable, Sequence
 
 import torch
-from hydra.utils import get_method
 from torch import nn
 
 from xmodal_ft import adapters, schedules
 from xmodal_ft.config import SchemeConfig
 from xmodal_ft.engine import TrainPlan, Unfreeze
-from xmodal_ft.errors import UserError
+from xmodal_ft.errors import UserError, importable
 from xmodal_ft.labels import optimizer_name
-from xmodal_ft.layers import Group, layer_groups
+from xmodal_ft.layers import LayerGroup, layer_groups
+from xmodal_ft.variants import count_parameters
 
 log = logging.getLogger(__name__)
 # The built-in schemes and adapters: functions of this module (adapters: adapter_<name>), found by
@@ -61,12 +61,7 @@ def build(model: nn.Module, cfg: SchemeConfig, lr: float, total_steps: int = 1) 
         raise SchemeError(str(err)) from err
     adapter_params = _adapter(cfg)(model, cfg)
     optimizer, unfreeze = _scheme(cfg)(model, cfg, lr)
-    params = list(model.parameters())
-    counts = {
-        "trainable": sum(p.numel() for p in params if p.requires_grad),
-        "total": sum(p.numel() for p in params),
-        "adapter": adapter_params,
-    }
+    counts = {**count_parameters(model), "adapter": adapter_params}
     log.debug(
         "scheme %s (optimizer %s, adapter %s, schedule %s): %s of %s parameters trainable "
         "(%.2f%%)", cfg.name, optimizer_name(cfg), cfg.adapter, cfg.schedule,
@@ -113,7 +108,7 @@ def _validate(cfg: SchemeConfig) -> None:
 def _scheme(cfg: SchemeConfig) -> Callable[[nn.Module, SchemeConfig, float], Optimizer]:
     """The function of `scheme._target_`, else the built-in scheme called `name`."""
     if cfg._target_:
-        return _import(cfg._target_, "scheme._target_")
+        return importable(cfg._target_, "scheme._target_", SchemeError)
     if cfg.name not in SCHEMES:
         raise SchemeError(
             f"unknown scheme {cfg.name!r}; choose one of: {', '.join(SCHEMES)}, or set "
@@ -125,20 +120,13 @@ def _scheme(cfg: SchemeConfig) -> Callable[[nn.Module, SchemeConfig, float], Opt
 def _adapter(cfg: SchemeConfig) -> Callable[[nn.Module, SchemeConfig], int]:
     """The adapter function of `scheme.adapter`: a built-in name or a module.function."""
     if "." in cfg.adapter:
-        return _import(cfg.adapter, "scheme.adapter")
+        return importable(cfg.adapter, "scheme.adapter", SchemeError)
     if cfg.adapter not in ADAPTERS:
         raise SchemeError(
             f"unknown scheme.adapter {cfg.adapter!r}; choose one of: {', '.join(ADAPTERS)}, or "
             "a module.function"
         )
     return globals()[f"adapter_{cfg.adapter}"]
-
-
-def _import(path: str, key: str) -> Callable:
-    try:
-        return get_method(path)
-    except Exception as err:  # Hydra's locate error: module or attribute missing
-        raise SchemeError(f"{key}={path} cannot be imported ({err})") from err
 
 
 def adapter_none(model: nn.Module, cfg: SchemeConfig) -> int:
@@ -190,7 +178,7 @@ def gradual_unfreeze(model: nn.Module, cfg: SchemeConfig, lr: float) -> Optimize
     return optimizer, unfreeze
 
 
-def _trainable_groups(model: nn.Module) -> list[Group]:
+def _trainable_groups(model: nn.Module) -> list[LayerGroup]:
     """Layer groups restricted to trainable parameters, empty groups dropped."""
     try:
         groups = layer_groups(model)
@@ -201,12 +189,14 @@ def _trainable_groups(model: nn.Module) -> list[Group]:
     return [g for g in groups if g.params]
 
 
-def _depths(groups: list[Group]) -> list[int]:
+def _depths(groups: list[LayerGroup]) -> list[int]:
     """Depth from the top of each (non-empty) group: the top group is 0."""
     return list(range(len(groups) - 1, -1, -1))
 
 
-def _by_group(groups: list[Group], lrs: list[float], cfg: SchemeConfig) -> torch.optim.Optimizer:
+def _by_group(
+    groups: list[LayerGroup], lrs: list[float], cfg: SchemeConfig
+) -> torch.optim.Optimizer:
     param_groups = [
         {"params": list(g.params.values()), "lr": lr, "name": g.name}
         for g, lr in zip(groups, lrs, strict=True)
@@ -216,7 +206,7 @@ def _by_group(groups: list[Group], lrs: list[float], cfg: SchemeConfig) -> torch
     return _make_optimizer(cfg, param_groups, lrs[0])
 
 
-def _numel(group: Group) -> int:
+def _numel(group: LayerGroup) -> int:
     return sum(p.numel() for p in group.params.values())
 
 

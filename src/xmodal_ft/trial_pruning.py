@@ -3,7 +3,8 @@ asks of Hydra's sweeper).
 
 The sweeper (`hydra/sweeper=xmodal_optuna` with `hydra/sweeper/pruner=...`) gives each job its
 trial's identity as a config key, `optuna_trial={storage: <url|path|null>, study: <name>,
-number: <n>}` (left out of config hashes and run-dir names: `record.NOT_HASHED`), so the job finds
+number: <n>}` (left out of config hashes and run-dir names: `record.identity.NOT_HASHED`), so the job
+finds
 its trial in the same process or under any launcher (SLURM jobs included). The job then trains the
 trial's seeds as one lockstep group (`recipe.run`) and the group's pruner is a `TrialPruner`: after
 each validation pass it reports, per trial, the seeds' mean of the best validation metric so far
@@ -25,7 +26,7 @@ from xmodal_ft import pruning
 if TYPE_CHECKING:
     import optuna
 
-    from xmodal_ft.recipe import RunSpec
+    from xmodal_ft.engine.run import Run
 
 log = logging.getLogger(__name__)
 KEY = "optuna_trial"  # the root config key the sweeper sets on each job
@@ -55,43 +56,38 @@ def judged_together(cfg: Mapping[str, Any]) -> bool:
 
 
 class TrialPruner:
-    """The pruner of a lockstep group whose runs are the seeds of Optuna trials (run r belongs
-    to `trials[r]`, an identity, or None: never pruned); `done` holds runs of the group that
-    trained before (a resumed trial's finished seeds), judged with the others by their LR."""
+    """The pruner (`pruning.Pruner`) of a lockstep group whose runs are the seeds of Optuna
+    trials: `trials` gives each run its trial's identity, or None (never pruned); `done` holds
+    runs of the group that trained before (a resumed trial's finished seeds), judged with the
+    others by their LR."""
 
     def __init__(
         self,
-        trials: Sequence[Mapping[str, Any] | None],
-        lrs: Sequence[float],
+        trials: Mapping[Run, Mapping[str, Any] | None],
         metric: str,
         done: Sequence[pruning.Finished] = (),
     ) -> None:
-        self.lrs, self.key, self.done = list(lrs), f"val/{metric}", list(done)
-        self.pruned_at: dict[int, int] = {}  # run -> the step it was pruned at
-        self.members: dict[tuple, list[int]] = {}
-        self.links: dict[tuple, _Link] = {}
-        for r, ident in enumerate(trials):
+        self.key, self.done = f"val/{metric}", list(done)
+        self.members: dict[tuple, list[Run]] = {}
+        for run, ident in trials.items():
             if ident is not None:
                 key = (ident["storage"], ident["study"], int(ident["number"]))
-                self.members.setdefault(key, []).append(r)
-        for key in self.members:
-            self.links[key] = _Link(*key)
+                self.members.setdefault(key, []).append(run)
+        self.links = {key: _Link(*key) for key in self.members}
 
-    def prune(
-        self, step: int, histories: Sequence[Sequence[Mapping[str, float]]], training: set[int]
-    ) -> list[int]:
+    def prune(self, step: int, training: Sequence[Run]) -> list[Run]:
         """The runs of `training` to stop after the validation pass at `step`: every run of a
-        trial Optuna's pruner stops (engine.fit_runs calls this after each pass)."""
+        trial Optuna's pruner stops."""
         stopped = []
         for key, runs in self.members.items():
-            live = [r for r in runs if r in training]
+            live = [run for run in runs if run in training]
             if not live or self.links[key].off:
                 continue
-            lr = self.lrs[runs[0]]
-            seeds = [*(d.history for d in self.done if d.lr == lr), *(histories[r] for r in runs)]
+            lr = float(runs[0].spec.cfg.lr)
+            seeds = [*(d.history for d in self.done if d.lr == lr),
+                     *(run.state.history for run in runs)]  # fmt: skip
             if self.links[key].should_prune(self._values(seeds, step)):
                 stopped += live
-        self.pruned_at.update((r, step) for r in stopped)
         return stopped
 
     def _values(
@@ -166,10 +162,9 @@ class _Link:
         return prune
 
 
-def pruner(specs: Sequence[RunSpec], metric: str, done: Sequence[pruning.Finished]) -> TrialPruner:
-    """The `TrialPruner` of a lockstep group of trials' runs (`recipe._pruner`)."""
-    trials = [_identity(spec.cfg.get(KEY)) for spec in specs]
-    return TrialPruner(trials, [float(spec.cfg.lr) for spec in specs], metric, done)
+def pruner(runs: Sequence[Run], metric: str, done: Sequence[pruning.Finished]) -> TrialPruner:
+    """The `TrialPruner` of a lockstep group of trials' runs (`GroupRecipe.pruner`)."""
+    return TrialPruner({run: _identity(run.spec.cfg.get(KEY)) for run in runs}, metric, done)
 
 
 def _identity(node: Any) -> dict[str, Any] | None:

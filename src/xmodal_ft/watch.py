@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from xmodal_ft import lease
-from xmodal_ft.record import RESULTS
+from xmodal_ft.record.results import RESULTS
 
 STARTUP_FLOOR_S = 120.0  # a worker's start (spawn, imports) is never judged sooner
 

@@ -49,8 +49,8 @@ def on_devices(
 
 
 def memory_share(device: Device, devices: Sequence[Device]) -> float:
-    """The share of its device's memory a worker sizes its groups by (`lockstep.max_runs`): the
-    workers on CPU core sets share the host's memory; a card's worker has its card's."""
+    """The share of its device's memory a worker sizes its groups by (`lockstep.sizing.max_runs`):
+    the workers on CPU core sets share the host's memory; a card's worker has its card's."""
     if device.kind == "cuda":
         return 1.0
     return 1.0 / sum(d.kind == "cpu" for d in devices)
@@ -191,7 +191,7 @@ def _serve(device: Device, conn: Connection) -> None:
     when the launcher is gone (after the group in hand: its results are on disk)."""
     device.pin()
     dispatch.console(device.label)
-    importlib.import_module("xmodal_ft.lockstep")  # what a group needs, imported while idle
+    importlib.import_module("xmodal_ft.lockstep.stack")  # what a group needs, imported while idle
     while True:
         try:
             task = conn.recv()

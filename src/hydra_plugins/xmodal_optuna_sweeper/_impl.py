@@ -27,9 +27,10 @@ from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, Trial, TrialState, create_trial
 from sqlalchemy.exc import SQLAlchemyError
 
-from xmodal_ft import record, trial_pruning
+from xmodal_ft import trial_pruning
 from xmodal_ft.atomic import atomic_path
 from xmodal_ft.errors import UserError
+from xmodal_ft.record.results import read_results
 
 from . import _budget, _liveness, _space, _storage
 
@@ -378,7 +379,7 @@ class SharedStudySweeper(Sweeper):
         """Whether a run of the trial was pruned (its results.json says so)."""
         attrs = self.store.get_trial_system_attrs(self._id(trial.number))
         for run_dir in attrs.get(_liveness.RUN_DIRS, ()):
-            if (record.read_results(Path(run_dir)) or {}).get("pruned"):
+            if (read_results(Path(run_dir)) or {}).get("pruned"):
                 return True
         return False
 

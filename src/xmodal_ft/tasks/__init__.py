@@ -12,11 +12,10 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from hydra.utils import get_method
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from xmodal_ft.errors import one_line
+from xmodal_ft.errors import importable, one_line
 from xmodal_ft.tasks.base import DataError, Split, TaskData, TaskSpec
 from xmodal_ft.tasks.cache import cached, tokenizer_key
 
@@ -44,10 +43,7 @@ def builder(cfg: Mapping[str, Any]) -> Callable[..., TaskData]:
                 "or set task._target_=<module.function> (docs/extending.md)"
             )
         return built_in[cfg["name"]]
-    try:
-        return get_method(target)
-    except Exception as err:  # Hydra's locate error: module or attribute missing
-        raise DataError(f"task._target_={target} cannot be imported ({err})") from err
+    return importable(target, "task._target_", DataError)
 
 
 def check(cfg: Mapping[str, Any], tokenizer: str | None = None) -> None:

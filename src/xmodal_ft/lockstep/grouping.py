@@ -8,18 +8,16 @@ Under a pruner, finished runs join their group's unfinished runs (the pruner jud
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
-from xmodal_ft import checkpoint, record
-from xmodal_ft.recipe import RunSpec
+from xmodal_ft import checkpoint
+from xmodal_ft.record import identity
+from xmodal_ft.runspec import RunSpec
 
 VARYING = ("lr", "seed")  # keys lockstep runs may differ in
 
 
-def group(specs: Sequence[RunSpec]) -> list[list[int]]:
+def groups(specs: Sequence[RunSpec]) -> list[list[int]]:
     """Indices of `specs` by group, in first-seen order; each group sorted by (seed, lr) so that
     runs sharing a seed (and so a random backbone) sit side by side."""
     groups: dict[tuple[Any, ...], list[int]] = {}
@@ -33,15 +31,12 @@ def group(specs: Sequence[RunSpec]) -> list[list[int]]:
 
 
 def _key(spec: RunSpec) -> tuple[Any, ...]:
-    config = OmegaConf.to_container(spec.cfg, resolve=True)
-    shared = {k: v for k, v in config.items() if k not in VARYING}
-    done = record.read_results(spec.run_dir)
-    finished = done is not None and done.get("config_hash") == record.config_hash(config)
-    return record.config_hash(shared), finished, _resume_step(spec.run_dir, config)
+    shared = {k: v for k, v in spec.config.items() if k not in VARYING}
+    return identity.config_hash(shared), spec.finished() is not None, _resume_step(spec)
 
 
-def _resume_step(run_dir: Path, config: dict[str, Any]) -> int:
-    path = run_dir / f"checkpoint-{record.config_hash(config)}.pt"
+def _resume_step(spec: RunSpec) -> int:
+    path = spec.checkpoint_file
     return checkpoint.step(path) if path.exists() else 0
 
 

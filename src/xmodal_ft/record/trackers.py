@@ -1,4 +1,5 @@
-"""Run records: atomic results.json, config hashes, trackers (local metrics.jsonl, W&B)."""
+"""Where a run's metrics go as it trains: `metrics.jsonl` (local) and W&B, one protocol; the W&B
+login checked before anything is built."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import hashlib
 import json
 import netrc
 import os
-import re
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -14,31 +14,7 @@ from urllib.parse import urlsplit
 from xmodal_ft.atomic import atomic_path
 from xmodal_ft.errors import UserError
 
-RESULTS = "results.json"
 METRICS = "metrics.jsonl"
-# Root keys and group choices that do not change a run's results: left out of its config hash
-# and, through conf/config.yaml's `${not_hashed:}`, out of its multirun directory name (so a
-# relaunch with progress=false still finds its runs). `sweep=<option>` only sets Hydra's sweeper;
-# `threads` changes speed and at most the last digits (a resumed run keeps its count: threads.py).
-# `optuna_trial` names the Optuna trial a job reports to (trial_pruning), not what it trains.
-NOT_HASHED = frozenset(
-    {
-        "cache_dir",
-        "checkpoint_every",
-        "debug",
-        "log_every",
-        "logger",
-        "optuna_trial",
-        "progress",
-        "sweep",
-        "threads",
-    }
-)
-# A multirun directory name: the job's overrides as typed when short and path-safe, else a
-# readable cut plus a hash of the whole (same overrides, same directory).
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._,=+-]*")
-_UNSAFE = re.compile(r"[^A-Za-z0-9._,=+-]+")
-MAX_NAME = 96
 
 
 class Tracker(Protocol):
@@ -96,55 +72,8 @@ def _logged_before_checkpoint(line: dict[str, Any], step: int) -> bool:
     return step > 0 and (line.get("step", step) < step or at_step)
 
 
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON to a temporary file beside `path`, then rename it over `path`."""
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as file:
-        json.dump(payload, file, indent=2, sort_keys=True)
-        file.flush()
-        os.fsync(file.fileno())
-
-
-def write_results(run_dir: Path, payload: dict[str, Any]) -> Path:
-    """Write a run's results atomically to `<run_dir>/results.json`."""
-    path = run_dir / RESULTS
-    write_json_atomic(path, payload)
-    return path
-
-
-def config_hash(config: dict[str, Any]) -> str:
-    """A short stable hash of a resolved config, ignoring keys that do not change results."""
-    kept = {k: v for k, v in config.items() if k not in NOT_HASHED}
-    if kept.get("pruner", 0) is None:  # off: the hash of a config from before the key existed
-        del kept["pruner"]
-    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def run_key(override_dirname: str) -> str:
-    """Hydra resolver: a job's sweep subdir from its overrides (same overrides, same dir).
-
-    `lr=0.001,seed=1` stays as it is; a name longer than MAX_NAME or holding characters outside
-    `A-Za-z0-9._,=+-` (paths, lists, quotes) becomes its safe part cut short plus `-<hash>`.
-    """
-    if not override_dirname:
-        return "defaults"
-    if len(override_dirname) <= MAX_NAME and _SAFE_NAME.fullmatch(override_dirname):
-        return override_dirname
-    digest = hashlib.sha256(override_dirname.encode()).hexdigest()[:12]
-    readable = _UNSAFE.sub("_", override_dirname)[: MAX_NAME - len(digest) - 1].strip("._-")
-    return f"{readable}-{digest}" if readable else digest
-
-
-def read_results(run_dir: Path) -> dict[str, Any] | None:
-    """The results of a finished run in `run_dir`, or None when absent, partial or unreadable."""
-    try:
-        payload = json.loads((run_dir / RESULTS).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return payload if isinstance(payload, dict) and payload.get("status") == "complete" else None
-
-
 def build_tracker(cfg: dict[str, Any], run_dir: Path, meta: dict[str, Any]) -> Tracker:
-    """The tracker of logger option `cfg["name"]`; `meta` carries config, group, name, tags and
+    """The tracker of logger option `cfg["name"]`; `meta` carries config, sweep, name, tags and
     the step the run resumes from (`start_step`)."""
     start = meta.get("start_step", 0)
     builders = {
@@ -194,7 +123,7 @@ class WandbTracker:
             self._run = wandb.init(
                 project=cfg.get("project"),
                 entity=cfg.get("entity"),
-                group=cfg.get("group") or meta.get("group"),
+                group=cfg.get("group") or meta.get("sweep"),
                 name=meta.get("name"),
                 tags=[*meta.get("tags", []), *(cfg.get("tags") or [])],
                 config=meta["config"],
