@@ -19,16 +19,8 @@ from PIL import Image
 from conftest import ROOT, SHARED_DATA
 from xmodal_ft.tasks import images
 from xmodal_ft.tasks.base import DataError, TaskData
-from xmodal_ft.tasks.images import (
-    CIFAR_FILES,
-    MNIST_FILES,
-    patchify,
-    pixelify,
-    read_cifar_batch,
-    read_idx,
-    to_grayscale,
-    unpatchify,
-)
+from xmodal_ft.tasks.image_files import CIFAR_FILES, MNIST_FILES, read_cifar_batch, read_idx
+from xmodal_ft.tasks.images import patchify, pixelify, to_grayscale, unpatchify
 
 CONF = ROOT / "conf" / "task"
 REAL_MNIST = SHARED_DATA / "mnist"

@@ -416,7 +416,7 @@ class SeedRun:
     """A run as a pruner sees it: its spec's lr and its validation history."""
 
     def __init__(self, lr: float, passes: list[dict[str, float]]):
-        self.spec = SimpleNamespace(cfg={"lr": lr})
+        self.spec = SimpleNamespace(cfg=SimpleNamespace(lr=lr))
         self.state = SimpleNamespace(history=passes)
 
 

@@ -1,13 +1,17 @@
-"""The report's data: runs read from results.json, their per-LR statistics, the chosen LR, and
-runs that did not finish. The report builds them; its plots and paper comparison read them."""
+"""The report's data: runs read from results.json, their per-LR statistics (mean ± SEM over
+seeds), the chosen LR, and runs that did not finish. The report builds them; its tables, plots
+and paper comparison read them."""
 
 from __future__ import annotations
 
+import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 Group = tuple[str, str, str, str]  # task, model, variant, scheme label
+GROUP = ("task", "model", "variant", "scheme")  # the config groups a report's group is made of
 
 
 @dataclass(frozen=True)
@@ -63,3 +67,10 @@ class Failure:
     run: str  # what identifies it in the sweep: its overrides (e.g. lr=0.001,seed=1), or ""
     status: str  # results.json's status, or "no results.json"
     error: str  # results.json's error, or what the run dir shows (log, checkpoint)
+
+
+def mean_sem(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean (sample std / sqrt(n)); SEM is nan for one value."""
+    mean = statistics.fmean(values)
+    sem = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.nan
+    return mean, sem

@@ -3,15 +3,14 @@ asks of Hydra's sweeper).
 
 The sweeper (`hydra/sweeper=xmodal_optuna` with `hydra/sweeper/pruner=...`) gives each job its
 trial's identity as a config key, `optuna_trial={storage: <url|path|null>, study: <name>,
-number: <n>}` (left out of config hashes and run-dir names: `record.identity.NOT_HASHED`), so the job
-finds
-its trial in the same process or under any launcher (SLURM jobs included). The job then trains the
-trial's seeds as one lockstep group (`recipe.run`) and the group's pruner is a `TrialPruner`: after
-each validation pass it reports, per trial, the seeds' mean of the best validation metric so far
-(the value the trial returns at the end) at that training step, and stops every seed of a trial
-Optuna's pruner says to stop. Their results.json then say `pruned` and the sweeper tells the trial
-PRUNED. A trial another worker has meanwhile failed (judged dead) is no longer reported; its runs
-train on.
+number: <n>}` (left out of config hashes and run-dir names: `record.identity.NOT_HASHED`), so the
+job finds its trial in the same process or under any launcher (SLURM jobs included). The job then
+trains the trial's seeds as one lockstep group (`recipe.run`) and the group's pruner is a
+`TrialPruner`: after each validation pass it reports, per trial, the seeds' mean of the best
+validation metric so far (the value the trial returns at the end) at that training step, and
+stops every seed of a trial Optuna's pruner says to stop. Their results.json then say `pruned`
+and the sweeper tells the trial PRUNED. A trial another worker has meanwhile failed (judged dead)
+is no longer reported; its runs train on.
 """
 
 from __future__ import annotations
