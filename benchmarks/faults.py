@@ -161,13 +161,14 @@ def scenario(
     launches = [Launch(sweep_dir, launcher, env, "a")]
     if fault == "duplicate" or (fault == "stop-worker" and LAUNCHERS[launcher].trainer is None):
         launches.append(Launch(sweep_dir, launcher, env, "b"))
-        outcome.injected += int(fault in ("duplicate", "relaunch"))
+        outcome.injected += int(fault == "duplicate")
     try:
         first = launches[0]
         if fault in ("kill-worker", "kill-launcher", "stop-worker"):
             _inject(fault, launcher, launches, events, rng, outcome)
         codes = [launch.wait(outcome) for launch in launches]
         if fault == "relaunch" or (first.killed and codes[0] != 0):
+            outcome.injected += int(fault == "relaunch")
             launches.append(Launch(sweep_dir, launcher, env, "again"))
             codes.append(launches[-1].wait(outcome))
         for launch, code in zip(launches, codes, strict=True):
