@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY, make_cfg, read_results
-from xmodal_ft import checkpoint, engine, lease, recipe, run
+from xmodal_ft import checkpoint, engine, heartbeat, lease, lease_files, recipe, run
 from xmodal_ft.runspec import RunSpec
 
 HOLD = """
@@ -154,7 +154,7 @@ def test_a_requeued_slurm_job_takes_over_its_earlier_attempts_live_lease(
 
 
 def test_the_heartbeat_writes_the_holders_progress_into_its_lease(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(lease, "HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(heartbeat, "HEARTBEAT_S", 0.05)
     path = tmp_path / "lease.json"
     with lease.acquire(tmp_path):
         old = time.time() - 100
@@ -230,7 +230,7 @@ def test_the_heartbeat_survives_io_errors_and_reports_them_once(
 ) -> None:
     """EIO (or ESTALE on NFS) on a touch ends neither the heartbeat nor the lease: it retries
     at every beat and says so once."""
-    monkeypatch.setattr(lease, "HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(heartbeat, "HEARTBEAT_S", 0.05)
     touch, failures = os.utime, []
 
     def flaky(*args, **kwargs) -> None:  # noqa: ANN002, ANN003
@@ -259,17 +259,17 @@ def test_release_never_removes_a_new_holders_lease(tmp_path, monkeypatch) -> Non
     ours = lease.acquire(tmp_path)
     path = tmp_path / "lease.json"
     theirs = {"host": "elsewhere", "pid": 1, "started": 0.0, "token": "theirs"}
-    read = lease._read
+    read = lease_files._read
 
     def read_then_taken_over(where: Path) -> lease.Holder | None:
         holder = read(where)
         if where == path and holder is not None and holder.token == ours.token:
-            monkeypatch.setattr(lease, "_read", read)
+            monkeypatch.setattr(lease_files, "_read", read)
             path.unlink()
             path.write_text(json.dumps(theirs))  # the taker's lease
         return holder
 
-    monkeypatch.setattr(lease, "_read", read_then_taken_over)
+    monkeypatch.setattr(lease_files, "_read", read_then_taken_over)
     ours.release()
     assert json.loads(path.read_text())["token"] == "theirs"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lease.json"]  # nothing left aside
@@ -318,7 +318,7 @@ def test_a_lease_lost_and_released_does_not_stop_the_next_run(
 ) -> None:
     """A loss noticed after the run ended (its lease replaced before release) belongs to that
     run: the process's next run trains on."""
-    monkeypatch.setattr(lease, "HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(heartbeat, "HEARTBEAT_S", 0.05)
     first = lease.acquire(tmp_path / "a")
     other = {"host": "elsewhere", "pid": 1, "started": 0.0, "token": "other"}
     with caplog.at_level(logging.WARNING, logger="xmodal_ft"):

@@ -30,7 +30,7 @@ from xmodal_ft.labels import own_optimizer
 from xmodal_ft.record.identity import NOT_HASHED
 from xmodal_ft.record.results import RESULTS
 from xmodal_ft.record.trackers import METRICS
-from xmodal_ft.report_tables import write
+from xmodal_ft.report_tables import thread_counts, write
 from xmodal_ft.report_types import GROUP, Failure, LrStats, Run, Selection, mean_sem
 
 log = logging.getLogger(__name__)
@@ -308,8 +308,9 @@ def main(argv: list[str] | None = None) -> None:
             log.info("%s: pruned lr %s left out of the choice (†)", " / ".join(s.group), lrs)
     for s in selections:
         if len(s.threads) > 1:
+            counts = thread_counts(s.threads)
             log.warning("%s: runs trained on different thread counts (%s): results may differ "
-                        "in the last digits", " / ".join(s.group), thread_counts(s.threads))  # fmt: skip
+                        "in the last digits", " / ".join(s.group), counts)  # fmt: skip
     failures = failed_runs(args.dirs)
     for f in failures:
         log.warning("no complete results: %s (%s): %s", f.path, f.status, f.error)

@@ -14,7 +14,7 @@ from xmodal_ft import papers
 from xmodal_ft.claims.cells import fmt_lr
 from xmodal_ft.claims.rothermel import VARIANTS
 from xmodal_ft.claims.survey import survey_row
-from xmodal_ft.record import RESULTS
+from xmodal_ft.record.results import RESULTS
 from xmodal_ft.report import aggregate, load_runs
 from xmodal_ft.report_types import Run, Selection
 
