@@ -10,12 +10,14 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
-from conftest import fake_run, make_cfg
-from xmodal_ft import pruning, recipe, report, report_plots
+from conftest import fake_run, make_cfg, tiny_model
+from xmodal_ft import checkpoint, pruning, recipe, report, report_plots
 from xmodal_ft.engine import batches
 from xmodal_ft.errors import UserError
 from xmodal_ft.lockstep import grouping
+from xmodal_ft.recipe import entry
 from xmodal_ft.pruning import Finished, GroupPruner, Halving, Median
 from xmodal_ft.record.results import write_results
 from xmodal_ft.runspec import RunSpec
@@ -196,6 +198,98 @@ def test_a_lone_run_with_a_pruner_is_not_pruned(tmp_path, caplog) -> None:
     assert "a lone run is not pruned" in caplog.text
 
 
+def test_a_finished_runs_pruned_lr_stops_its_later_seeds_at_that_pass() -> None:
+    """Seed 0 of LR 1e-2 was pruned at step 5 in an earlier chunk: its seed 1, training now,
+    stops at step 5 too, though its own value would keep it."""
+    histories = [history(0.1, 0.9), history(0.1, 0.5)]
+    rest = members([1e-2, 1e-3], histories)
+    runs = list(rest)
+    gone = [Finished(1e-2, history(0.1, 0.1), pruned_at=5), Finished(1e-3, history(0.1, 0.5))]
+    assert GroupPruner(Median(warmup=3), rest, "acc", gone).prune(5, runs) == [runs[0]]
+
+
+# ---- groups larger than max_runs -------------------------------------------------------------
+
+
+def split_grid(root: Path) -> list[RunSpec]:
+    """The pruned grid as the launcher hands it to the recipe: one group, in its order."""
+    specs = grid(root, "variant=unfrozen_random", *PRUNER)
+    (members,) = grouping.groups(specs)
+    return [specs[i] for i in members]
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """The pruned grid trained with at most 4 runs at once: chunks of 2 LRs, then 1."""
+    specs = split_grid(tmp_path_factory.mktemp("split"))
+    recipe.train(specs, launcher="lockstep", max_runs=4)
+    return [results(spec) for spec in specs]
+
+
+def test_a_group_split_by_max_runs_judges_each_lr_on_all_its_seeds(split) -> None:
+    """Every LR's seeds stop at one pass. The first chunk (LRs 1e-4, 1e-3) keeps 1 of its 2
+    LRs at step 5; the second chunk's LR, alone in its chunk (a lone LR is never pruned), is
+    judged with the first chunk's: 2 of the 3 LRs stay at step 5, and it is not among them."""
+    by_lr = {lr: {r.get("pruned_at") for r in split if r["config"]["lr"] == lr} for lr in LRS}
+    assert all(len(steps) == 1 for steps in by_lr.values()), by_lr
+    assert by_lr[3e-2] == {5} and sorted([*by_lr[1e-4], *by_lr[1e-3]], key=str) == [5, None]
+
+
+def test_a_split_group_killed_between_chunks_prunes_as_the_uninterrupted_one(
+    tmp_path, split, monkeypatch
+) -> None:
+    """The process dies as its second chunk starts; the relaunch trains that chunk and prunes
+    it as the uninterrupted sweep did, the first chunk's runs untouched."""
+
+    class Killed(Exception):
+        pass
+
+    chunks: list[int] = []
+
+    class DiesAtTheSecondChunk(entry.GroupRecipe):
+        def setup(self) -> None:
+            chunks.append(len(self.specs))
+            if len(chunks) == 2:
+                raise Killed
+            super().setup()
+
+    specs = split_grid(tmp_path)
+    monkeypatch.setattr(entry, "GroupRecipe", DiesAtTheSecondChunk)
+    with pytest.raises(Killed):
+        recipe.train(specs, launcher="lockstep", max_runs=4)
+    monkeypatch.undo()
+    assert chunks == [4, 2] and sum((s.run_dir / "results.json").exists() for s in specs) == 4
+    recipe.train(specs, launcher="lockstep", max_runs=4)
+    for spec, result in zip(specs, split, strict=True):
+        again = results(spec)
+        assert [again[k] for k in SAME] == [result[k] for k in SAME]
+        assert again.get("pruned_at") == result.get("pruned_at")
+
+
+def test_max_runs_below_the_seeds_of_an_lr_says_so_and_stops_the_seeds_together(
+    tmp_path, caplog
+) -> None:
+    specs = split_grid(tmp_path)
+    recipe.train(specs, launcher="lockstep", max_runs=1)
+    assert "max_runs=1 < 2 seeds of an LR" in caplog.text
+    found = [results(spec) for spec in specs]
+    for lr in LRS:
+        assert len({r.get("pruned_at") for r in found if r["config"]["lr"] == lr}) == 1
+
+
+def test_under_a_pruner_a_config_is_one_group_wherever_its_runs_start(tmp_path) -> None:
+    """A finished run, one resuming at step 4 and fresh ones: one group under a pruner (the
+    recipe then cuts the same chunks as at the first launch), three without."""
+    for pruner in ([], PRUNER):
+        specs = grid(tmp_path / str(len(pruner)), "variant=unfrozen_random", *pruner)
+        write_results(specs[0].run_dir, {"status": "complete", "config": specs[0].config,
+                                         "config_hash": specs[0].config_hash})  # fmt: skip
+        model = tiny_model()
+        optimizer = torch.optim.Adam(model.parameters(), fused=True)
+        checkpoint.save(specs[1].checkpoint_file, checkpoint.LoopState(step=4), model, optimizer)
+        assert len(grouping.groups(specs)) == (1 if pruner else 3)
+
+
 # ---- the report ------------------------------------------------------------------------------
 
 
@@ -244,3 +338,33 @@ def test_a_report_without_pruned_runs_has_no_mark(tmp_path) -> None:
     report.main([str(tmp_path)])
     md = (tmp_path / "report" / "report.md").read_text()
     assert "†" not in md and "Pruned" not in md
+
+
+def test_an_lr_whose_seeds_were_pruned_at_different_steps_is_named(tmp_path, caplog) -> None:
+    for seed in (0, 1):
+        fake_run(tmp_path, 1e-3, seed, 0.6, 0.55)
+    pruned_run(tmp_path, 1e-2, 0, 0.9, 0.9, at=100)
+    fake_run(tmp_path, 1e-2, 1, 0.9, 0.9)
+    [sel] = report.aggregate(report.load_runs([tmp_path])[0])
+    assert sel.best.lr == 1e-3 and sel.uneven == {1e-2: ((0, 100), (1, None))}
+    report.main([str(tmp_path)])
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "lr 1e-02: seeds pruned at different steps (seed 0 at step 100, seed 1 not pruned)" in md
+    assert "its seeds were pruned at different steps" in caplog.text
+
+
+def test_where_every_lr_was_pruned_the_report_says_so_and_takes_the_last_pruned(
+    tmp_path, caplog
+) -> None:
+    """1e-2 has the best validation metric but was pruned first: the choice is among the LRs
+    pruned last (step 200), and the report says it is no full-budget run."""
+    for seed in (0, 1):
+        pruned_run(tmp_path, 1e-4, seed, 0.5, 0.4, at=200)
+        pruned_run(tmp_path, 1e-3, seed, 0.6, 0.55, at=200)
+        pruned_run(tmp_path, 1e-2, seed, 0.9, 0.9, at=100)
+    [sel] = report.aggregate(report.load_runs([tmp_path])[0])
+    assert sel.all_pruned and sel.best.lr == 1e-3
+    report.main([str(tmp_path)])
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "every LR was pruned: lr 1e-03 is the best of the LRs pruned last" in md
+    assert "a pruner stopped every LR" in caplog.text

@@ -8,7 +8,8 @@ schedule and optimizer where they are not the defaults (`fixed+houlsby+sgd`). Wi
 LR with the best mean validation metric (the task's first metric, e.g. `acc` or `mcc`) over seeds
 is chosen and its test metric is reported as mean ± standard error of the mean (SEM) over seeds.
 LRs whose runs a pruner stopped (`pruner=...`) are marked and left out of the choice, and the
-report says so (†).
+report says so (†); where it stopped every LR, the choice is the best of those it stopped last,
+and the report says that instead. An LR whose seeds a pruner stopped at different steps is named.
 Runs without complete results (failed, killed, still running) are listed, not averaged.
 """
 
@@ -30,7 +31,7 @@ from xmodal_ft.labels import own_optimizer
 from xmodal_ft.record.identity import NOT_HASHED
 from xmodal_ft.record.results import RESULTS
 from xmodal_ft.record.trackers import METRICS
-from xmodal_ft.report_tables import thread_counts, write
+from xmodal_ft.report_tables import seed_steps, thread_counts, write
 from xmodal_ft.report_types import GROUP, Failure, LrStats, Run, Selection, mean_sem
 
 log = logging.getLogger(__name__)
@@ -215,18 +216,33 @@ def aggregate(runs: list[Run]) -> list[Selection]:
                     any(r.pruned_at is not None for r in at_lr),
                 )
             )
-        kept = [s for s in per_lr if not s.pruned] or per_lr  # a pruner keeps an LR or more
-        best = max(kept, key=lambda s: s.val[0])  # ties: the smallest LR (first maximum)
+        best = _choose(per_lr, by_lr)
         excluded = {
             s.lr: tuple(sorted({r.pruned_at for r in by_lr[s.lr] if r.pruned_at is not None}))
             for s in per_lr
             if s.pruned
         }
+        uneven = {
+            lr: tuple(sorted((r.seed, r.pruned_at) for r in by_lr[lr]))
+            for lr in excluded
+            if len({r.pruned_at for r in by_lr[lr]}) > 1
+        }
         threads = dict(sorted(Counter(r.threads for r in members if r.threads).items()))
         selections.append(
-            Selection(group, members[0].metric, per_lr, best, by_lr[best.lr], excluded, threads)
+            Selection(group, members[0].metric, per_lr, best, by_lr[best.lr], excluded, threads,
+                      uneven, all(s.pruned for s in per_lr))  # fmt: skip
         )
     return selections
+
+
+def _choose(per_lr: list[LrStats], by_lr: dict[float, list[Run]]) -> LrStats:
+    """The LR with the best mean validation metric among those no pruner stopped (ties: the
+    smallest LR); where a pruner stopped every LR, among those it stopped last."""
+    kept = [s for s in per_lr if not s.pruned]
+    if not kept:
+        stop = {s.lr: max(r.pruned_at or 0 for r in by_lr[s.lr]) for s in per_lr}
+        kept = [s for s in per_lr if stop[s.lr] == max(stop.values())]
+    return max(kept, key=lambda s: s.val[0])
 
 
 def _check_compatible(group: tuple[str, ...], runs: list[Run]) -> None:
@@ -303,9 +319,16 @@ def main(argv: list[str] | None = None) -> None:
     except ReportError as err:
         parser.exit(2, f"xmodal-report: error: {err}\n")
     for s in selections:
-        if s.excluded:
+        name = " / ".join(s.group)
+        if s.all_pruned:
+            log.warning("%s: a pruner stopped every LR: lr %.0e is the best of those it stopped "
+                        "last, not a run of the full budget (†)", name, s.best.lr)  # fmt: skip
+        elif s.excluded:
             lrs = ", ".join(f"{lr:.0e}" for lr in s.excluded)
-            log.info("%s: pruned lr %s left out of the choice (†)", " / ".join(s.group), lrs)
+            log.info("%s: pruned lr %s left out of the choice (†)", name, lrs)
+        for lr in s.uneven:
+            log.warning("%s: lr %.0e: its seeds were pruned at different steps (%s)", name, lr,
+                        seed_steps(s.uneven[lr]))  # fmt: skip
     for s in selections:
         if len(s.threads) > 1:
             counts = thread_counts(s.threads)

@@ -162,7 +162,8 @@ def _write_markdown(
 
 
 def _pruned(selections: list[Selection]) -> list[str]:
-    """† : the groups whose LR was chosen among unpruned LRs, with the pruned ones left out."""
+    """† : the groups whose LR was chosen among unpruned LRs, with the pruned ones left out, or
+    (every LR pruned) among the LRs pruned last."""
     pruned = [s for s in selections if s.excluded]
     if not pruned:
         return []
@@ -176,7 +177,20 @@ def _pruned(selections: list[Selection]) -> list[str]:
     for s in pruned:
         at = [f"{lr:.0e} (step {', '.join(map(str, steps))})" for lr, steps in s.excluded.items()]
         lines.append(f"- {' / '.join(s.group)}: lr {', '.join(at)}")
+        if s.all_pruned:
+            lines.append(f"  - every LR was pruned: lr {s.best.lr:.0e} is the best of the LRs "
+                         "pruned last, not a run of the full budget")  # fmt: skip
+        for lr, steps in s.uneven.items():
+            lines.append(f"  - lr {lr:.0e}: seeds pruned at different steps ({seed_steps(steps)})")
     return [*lines, ""]
+
+
+def seed_steps(steps: tuple[tuple[int, int | None], ...]) -> str:
+    """`seed 0 at step 5, seed 1 not pruned`."""
+    return ", ".join(
+        f"seed {seed} " + (f"at step {step}" if step is not None else "not pruned")
+        for seed, step in steps
+    )
 
 
 def _thread_counts(selections: list[Selection]) -> list[str]:

@@ -57,6 +57,9 @@ class Selection:
     runs: list[Run]  # the runs at the chosen LR
     excluded: dict[float, tuple[int, ...]] = field(default_factory=dict)  # pruned LR: steps
     threads: dict[int, int] = field(default_factory=dict)  # thread count: runs of the group
+    # pruned LRs whose seeds stopped at different steps: (seed, step or None) per seed
+    uneven: dict[float, tuple[tuple[int, int | None], ...]] = field(default_factory=dict)
+    all_pruned: bool = False  # a pruner stopped every LR (`best`: of those it stopped last)
 
 
 @dataclass(frozen=True)

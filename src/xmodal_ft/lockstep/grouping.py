@@ -2,7 +2,8 @@
 
 Runs share a group when their resolved configs differ only in `lr` and `seed` and they start from
 the same point: all finished (skipped), or all fresh or resuming from the same checkpoint step.
-Under a pruner, finished runs join their group's unfinished runs (the pruner judges them too).
+Under a pruner, all runs of a config form one group wherever they start (the pruner judges them
+together, finished ones included, and the recipe cuts the same chunks on every launch).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ def groups(specs: Sequence[RunSpec]) -> list[list[int]]:
     groups: dict[tuple[Any, ...], list[int]] = {}
     for i, spec in enumerate(specs):
         groups.setdefault(_key(spec), []).append(i)
-    _join_finished(groups, specs)
     return [
         sorted(members, key=lambda i: (specs[i].cfg.seed, specs[i].cfg.lr))
         for members in groups.values()
@@ -32,19 +32,11 @@ def groups(specs: Sequence[RunSpec]) -> list[list[int]]:
 
 def _key(spec: RunSpec) -> tuple[Any, ...]:
     shared = {k: v for k, v in spec.config.items() if k not in VARYING}
+    if spec.cfg.get("pruner") is not None:
+        return (identity.config_hash(shared),)
     return identity.config_hash(shared), spec.finished() is not None, _resume_step(spec)
 
 
 def _resume_step(spec: RunSpec) -> int:
     path = spec.checkpoint_file
     return checkpoint.step(path) if path.exists() else 0
-
-
-def _join_finished(groups: dict[tuple[Any, ...], list[int]], specs: Sequence[RunSpec]) -> None:
-    """Under a pruner, a group's finished runs (pruned ones among them) join its unfinished
-    runs: they are skipped, and their validation histories keep the pruner's decisions those
-    of the uninterrupted group (`pruning.GroupPruner`)."""
-    for key in [k for k in groups if k[1] and specs[groups[k][0]].cfg.get("pruner") is not None]:
-        other = next((k for k in groups if k[0] == key[0] and not k[1]), None)
-        if other is not None:
-            groups[other] += groups.pop(key)

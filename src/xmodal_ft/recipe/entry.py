@@ -7,7 +7,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from statistics import mean
-from typing import Any
+from typing import Any, TypeVar
 
 from omegaconf import DictConfig
 
@@ -18,6 +18,7 @@ from xmodal_ft.recipe.group import GroupRecipe
 from xmodal_ft.runspec import RunSpec
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def run(
@@ -62,7 +63,7 @@ def train(
     `memory_share` of the device's free memory); `launcher` is recorded in results.json."""
     logs.quiet()
     values: dict[int, float] = {}
-    earlier: list[pruning.Finished] = []  # the finished runs, for a pruner
+    earlier: dict[int, pruning.Finished] = {}  # the finished runs, for a pruner
 
     def finished(i: int) -> float | None:
         return values[i] if _done(specs[i], values, i, earlier) else None
@@ -74,15 +75,17 @@ def train(
     return once.train([spec.run_dir for spec in specs], finished, train_held)
 
 
-def _done(spec: RunSpec, values: dict[int, float], i: int, earlier: list[pruning.Finished]) -> bool:
+def _done(
+    spec: RunSpec, values: dict[int, float], i: int, earlier: dict[int, pruning.Finished]
+) -> bool:
     """Whether the run's directory holds complete results of its config (its value then goes
-    into `values[i]`, its history into `earlier`)."""
+    into `values[i]`, its history into `earlier[i]`)."""
     done = spec.finished()
     if done is None:
         return False
     log.info("%s holds complete results of this config: skipped", spec.run_dir)
     values[i] = done[f"val/{done['metric']}"]
-    earlier.append(pruning.Finished(spec.cfg.lr, done["history"], done.get("pruned_at")))
+    earlier[i] = pruning.Finished(spec.cfg.lr, done["history"], done.get("pruned_at"))
     return True
 
 
@@ -93,15 +96,18 @@ def _train_leased(
     launcher: str | None,
     max_runs: int | None,
     memory_share: float,
-    earlier: list[pruning.Finished],
+    earlier: dict[int, pruning.Finished],
 ) -> None:
-    """Train the runs `todo` of `specs` (their leases held), in chunks of at most `max_runs`."""
+    """Train the runs `todo` of `specs` (their leases held), in chunks of at most `max_runs`,
+    one after another; a chunk's pruner judges its runs with the finished runs of the chunks up
+    to it (`earlier`, which each chunk's runs join as they finish)."""
     cfg = specs[todo[0]].cfg
     device = engine.select_device(cfg.device)
     tokenizer = hub.resolve_path(cfg.model.path) if cfg.model.path else None
     with lease.starting():  # data building reports no progress of its own
         data = tasks.build(plain(cfg.task), cache_dir=cfg.cache_dir, tokenizer=tokenizer)
-    if max_runs is None and len(todo) > 1:
+    pruned = _pruned(cfg)
+    if max_runs is None and len(specs if pruned else todo) > 1:  # a pruned group: its cut
         from xmodal_ft.lockstep import sizing  # groups only
 
         with lease.starting():
@@ -112,20 +118,53 @@ def _train_leased(
         )
         log.info("lockstep: at most %d runs at once (lockstep.sizing.max_runs)", max_runs)
         del model
-    for chunk in chunks(todo, max_runs or 1):
-        recipe = GroupRecipe([specs[i] for i in chunk], data, device, launcher, earlier)
+    cut = _pruned_chunks(specs, max_runs or 1) if pruned else chunks(todo, max_runs or 1)
+    for k, chunk in enumerate(cut):
+        mine = [i for i in chunk if i in todo]
+        if not mine:
+            continue
+        seen = [earlier[i] for c in cut[: k + 1] for i in c if i in earlier]
+        recipe = GroupRecipe([specs[i] for i in mine], data, device, launcher, seen)
         try:
             recipe.setup()
-            values.update(zip(chunk, recipe.train(), strict=True))
+            values.update(zip(mine, recipe.train(), strict=True))
+            earlier.update(zip(mine, recipe.finished(), strict=True))
         finally:
             recipe.cleanup()
 
 
-def chunks(indices: list[int], limit: int) -> list[list[int]]:
-    """`indices` in order, cut into the fewest near-equal chunks of at most `limit`."""
-    count = -(-len(indices) // limit)
-    size, extra = divmod(len(indices), count)
+def _pruned(cfg: DictConfig) -> bool:
+    """Whether a pruner judges the group's runs (`pruner=...`, or an Optuna trial's)."""
+    return cfg.get("pruner") is not None or trial_pruning.judged_together(cfg)
+
+
+def _pruned_chunks(specs: Sequence[RunSpec], limit: int) -> list[list[int]]:
+    """A pruned group's chunks of at most `limit` runs, cut from the whole group (finished runs
+    included, so a relaunch cuts the same chunks) in (lr, seed) order, each LR's seeds in one
+    chunk where they fit: the pruner judges an LR on all its seeds, and chunk k's runs together
+    with those of chunks 0..k (`_train_leased`)."""
+    by_lr: dict[float, list[int]] = {}
+    for i in sorted(range(len(specs)), key=lambda i: (specs[i].cfg.lr, specs[i].cfg.seed)):
+        by_lr.setdefault(float(specs[i].cfg.lr), []).append(i)
+    seeds = max(len(runs) for runs in by_lr.values())
+    if len(specs) > limit and limit < seeds:
+        log.warning(
+            "max_runs=%d < %d seeds of an LR: the pruner judges an LR on the seeds trained so "
+            "far, and its later seeds stop where the first were pruned (hydra.launcher.max_runs"
+            " >= %d judges all seeds together)", limit, seeds, seeds,
+        )  # fmt: skip
+        return chunks([i for runs in by_lr.values() for i in runs], limit)
+    return [
+        [i for runs in lrs for i in runs]
+        for lrs in chunks(list(by_lr.values()), max(1, limit // seeds))
+    ]
+
+
+def chunks(items: list[T], limit: int) -> list[list[T]]:
+    """`items` in order, cut into the fewest near-equal chunks of at most `limit`."""
+    count = -(-len(items) // limit)
+    size, extra = divmod(len(items), count)
     cuts = [0]
     for i in range(count):
         cuts.append(cuts[-1] + size + (i < extra))
-    return [indices[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]
+    return [items[a:b] for a, b in zip(cuts, cuts[1:], strict=False)]

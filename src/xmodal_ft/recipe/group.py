@@ -141,6 +141,13 @@ class GroupRecipe:
         lrs = {run: float(run.spec.cfg.lr) for run in runs}
         return pruning.GroupPruner(rule, lrs, self.metric, self.earlier)
 
+    def finished(self) -> list[pruning.Finished]:
+        """The runs, trained, as a later chunk's pruner judges them (in `specs`' order)."""
+        return [
+            pruning.Finished(float(run.spec.cfg.lr), run.result.history, run.result.pruned_at)
+            for run in self.runs
+        ]
+
     def _finish(self, run: Run) -> None:
         """A run has finished: its summary to its tracker, its results.json written."""
         payload = self._payload(run)
