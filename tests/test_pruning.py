@@ -17,8 +17,8 @@ from xmodal_ft import checkpoint, pruning, recipe, report, report_plots
 from xmodal_ft.engine import batches
 from xmodal_ft.errors import UserError
 from xmodal_ft.lockstep import grouping
-from xmodal_ft.recipe import entry
 from xmodal_ft.pruning import Finished, GroupPruner, Halving, Median
+from xmodal_ft.recipe import entry
 from xmodal_ft.record.results import write_results
 from xmodal_ft.runspec import RunSpec
 

@@ -229,8 +229,17 @@ def aggregate(runs: list[Run]) -> list[Selection]:
         }
         threads = dict(sorted(Counter(r.threads for r in members if r.threads).items()))
         selections.append(
-            Selection(group, members[0].metric, per_lr, best, by_lr[best.lr], excluded, threads,
-                      uneven, all(s.pruned for s in per_lr))  # fmt: skip
+            Selection(
+                group,
+                members[0].metric,
+                per_lr,
+                best,
+                by_lr[best.lr],
+                excluded,
+                threads,
+                uneven,
+                all(s.pruned for s in per_lr),
+            )
         )
     return selections
 
