@@ -3,7 +3,10 @@ one seeded random fault per scenario, checked against the same sweep uninterrupt
 
 Launchers: the basic launcher (one process), lockstep on two one-core CPU devices (a launcher
 and two worker processes), `lockstep_slurm` through submitit's local executor (a launcher and one
-job per group). Faults (`FAULTS`), each at a seeded random moment once the target trains:
+job per group), and two Optuna workers (`sweep=optuna`, the basic launcher each) filling one study
+of `N_TRIALS` trials on one journal file or one SQLite file (a trial: `lr` from the grid's LRs,
+both seeds; both workers' samplers seeded alike, so they start on one LR and share its runs).
+Faults (`FAULTS`), each at a seeded random moment once the target trains:
 
 - `kill-worker`: SIGKILL of a training process (a device worker, a group job's task; the basic
   launcher trains in its own process, so there it is the launcher); relaunched if the command
@@ -14,13 +17,15 @@ job per group). Faults (`FAULTS`), each at a seeded random moment once the targe
   basic launcher's runs are then shared with a duplicate launch started with it, which takes
   them over; a device worker or job is killed by its launcher after two timeouts and retried).
 - `lease-eio`: one lease write in five fails with EIO (`XMODAL_FT_LEASE_FAULTS`).
-- `duplicate`: the same command twice at once, into one sweep dir.
+- `duplicate`: the same command twice at once, into one sweep dir (an Optuna study: a third
+  worker).
 - `relaunch`: the command again after it finished: nothing trains.
 
 Invariants (`Outcome.problems` lists each breach): every run finishes exactly once (its results
 are written once, by the holder of its lease: the lease events of `XMODAL_FT_LEASE_EVENTS` name
 each write and holder), its numbers equal the uninterrupted sweep's, no process ends on a
-traceback, every command ends within `BOUND_S` (else it is killed and counted as a hang).
+traceback, every command ends within `BOUND_S` (else it is killed and counted as a hang); an
+Optuna study ends with exactly `N_TRIALS` complete trials, each with its runs' results.
 """
 
 from __future__ import annotations
@@ -45,6 +50,10 @@ SWEEP = ["model=tiny_gpt2", "variant=unfrozen_random", "task=digits", "task.n_tr
          "max_steps=80", "eval_every=20", "checkpoint_every=10", "log_every=5", "threads=1",
          "progress=false", "cache_dir=null"]  # fmt: skip
 GRID = [f"lr={','.join(map(str, LRS))}", f"seed={','.join(map(str, SEEDS))}"]
+N_TRIALS = 3  # an Optuna study's trials, whatever its workers
+STUDY = ["sweep=optuna", f"lr=choice({','.join(map(str, LRS))})",
+         f"seeds=[{','.join(map(str, SEEDS))}]", f"hydra.sweeper.n_trials={N_TRIALS}",
+         f"hydra.sweeper.grace_period={LIVENESS_S}"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,24 @@ class Launcher:
 
     overrides: tuple[str, ...]
     trainer: bytes | None = None
+    storage: str | None = None  # Optuna workers on one study: "journal" or "sqlite"
+
+    @property
+    def workers(self) -> int:
+        """The commands one sweep is: one, or an Optuna study's two workers."""
+        return 1 if self.storage is None else 2
+
+    def command(self, sweep_dir: Path) -> list[str]:
+        """The `train.py -m` overrides of its sweep into `sweep_dir` (an Optuna study's storage
+        beside it)."""
+        if self.storage is None:
+            return [*SWEEP, *GRID, *self.overrides, f"hydra.sweep.dir={sweep_dir}"]
+        return [*SWEEP, *STUDY, f"hydra.sweeper.storage={self.url(sweep_dir)}",
+                f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
+
+    def url(self, sweep_dir: Path) -> str:
+        """Its Optuna study's storage: a file beside `sweep_dir`."""
+        return f"sqlite:///{sweep_dir}.db" if self.storage == "sqlite" else f"{sweep_dir}.journal"
 
 
 LAUNCHERS = {
@@ -64,6 +91,8 @@ LAUNCHERS = {
     "lockstep_slurm, local": Launcher(
         ("hydra/launcher=lockstep_slurm", "hydra.launcher.slurm.cluster=local"), b"_submit"
     ),
+    "Optuna, 2 workers, journal file": Launcher((), storage="journal"),
+    "Optuna, 2 workers, SQLite file": Launcher((), storage="sqlite"),
 }
 FAULTS = ("kill-worker", "kill-launcher", "stop-worker", "lease-eio", "duplicate", "relaunch")
 KEYS = ("val/acc", "test/acc", "best_step", "steps", "history")  # equal to the uninterrupted
@@ -83,6 +112,7 @@ class Outcome:
     crashed: int = 0  # processes that ended on a traceback, commands that failed
     hangs: int = 0  # commands killed at BOUND_S
     differ: int = 0  # runs whose numbers differ from the uninterrupted sweep's
+    study_off: int = 0  # an Optuna study that did not end with N_TRIALS complete trials
     wall_seconds: float = 0.0  # the commands' wall time, relaunches included
     problems: list[str] = field(default_factory=list)
 
@@ -92,8 +122,7 @@ class Launch:
 
     def __init__(self, sweep_dir: Path, launcher: str, env: dict[str, str], name: str):
         self.log = sweep_dir.parent / f"{sweep_dir.name}.{name}.log"
-        cmd = [sys.executable, "train.py", "-m", *SWEEP, *GRID, *LAUNCHERS[launcher].overrides,
-               f"hydra.sweep.dir={sweep_dir}"]  # fmt: skip
+        cmd = [sys.executable, "train.py", "-m", *LAUNCHERS[launcher].command(sweep_dir)]
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(
                 cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -133,16 +162,23 @@ def environment(events: Path) -> dict[str, str]:
 def uninterrupted(launcher: str, root: Path) -> tuple[dict[tuple[float, int], dict], float]:
     """The sweep without faults: each run's results by (lr, seed), and the wall seconds."""
     sweep_dir = root / "uninterrupted"
-    launch = Launch(sweep_dir, launcher, environment(root / "uninterrupted.events"), "a")
+    env = environment(root / "uninterrupted.events")
+    launches = [Launch(sweep_dir, launcher, env, name) for name in "ab"[: workers(launcher)]]
     outcome = Outcome(launcher, "none", 0)
-    if launch.wait(outcome) != 0:
-        raise RuntimeError(f"the uninterrupted sweep failed:\n{launch.output()[-3000:]}")
-    return results_under(sweep_dir), time.time() - launch.started
+    for launch in launches:
+        if launch.wait(outcome) != 0:
+            raise RuntimeError(f"the uninterrupted sweep failed:\n{launch.output()[-3000:]}")
+    return results_under(sweep_dir), time.time() - launches[0].started
+
+
+def workers(launcher: str) -> int:
+    return LAUNCHERS[launcher].workers
 
 
 def results_under(root: Path) -> dict[tuple[float, int], dict]:
-    """The results of the runs in the dirs of `root`, by (lr, seed)."""
-    found = [json.loads(p.read_text()) for p in root.glob("*/results.json")]
+    """The results of the runs in the dirs of `root` (an Optuna trial's: in its seed dirs), by
+    (lr, seed)."""
+    found = [json.loads(p.read_text()) for p in root.rglob("results.json")]
     return {(r["config"]["lr"], r["config"]["seed"]): r for r in found}
 
 
@@ -158,16 +194,18 @@ def scenario(
     if fault == "lease-eio":
         env["XMODAL_FT_LEASE_FAULTS"] = f"eio:0.2:{seed}"
     started = time.time()
-    launches = [Launch(sweep_dir, launcher, env, "a")]
-    if fault == "duplicate" or (fault == "stop-worker" and LAUNCHERS[launcher].trainer is None):
-        launches.append(Launch(sweep_dir, launcher, env, "b"))
+    count = workers(launcher)
+    launches = [Launch(sweep_dir, launcher, env, name) for name in "ab"[:count]]
+    alone = LAUNCHERS[launcher].trainer is None and count == 1  # its runs: no other process's
+    if fault == "duplicate" or (fault == "stop-worker" and alone):
+        launches.append(Launch(sweep_dir, launcher, env, "abc"[count]))
         outcome.injected += int(fault == "duplicate")
     try:
-        first = launches[0]
         if fault in ("kill-worker", "kill-launcher", "stop-worker"):
             _inject(fault, launcher, launches, events, rng, outcome)
         codes = [launch.wait(outcome) for launch in launches]
-        if fault == "relaunch" or (first.killed and codes[0] != 0):
+        died = any(ln.killed and code != 0 for ln, code in zip(launches, codes, strict=True))
+        if fault == "relaunch" or died:
             outcome.injected += int(fault == "relaunch")
             launches.append(Launch(sweep_dir, launcher, env, "again"))
             codes.append(launches[-1].wait(outcome))
@@ -283,13 +321,16 @@ def _check(
 ) -> None:
     """Count the breaches of the invariants (module docstring) into `outcome`."""
     found = results_under(sweep_dir)
-    for key, expected in reference.items():
+    storage = LAUNCHERS[outcome.launcher].storage
+    expected = reference if storage is None else _trained_runs(sweep_dir, outcome)
+    for key in expected:
         if key not in found:
             outcome.lost += 1
             outcome.problems.append(f"lr={key[0]}, seed={key[1]}: no results")
-        elif any(found[key][k] != expected[k] for k in KEYS):
+    for key in found:
+        if any(found[key][k] != reference[key][k] for k in KEYS):
             outcome.differ += 1
-            differing = [k for k in KEYS if found[key][k] != expected[k]]
+            differing = [k for k in KEYS if found[key][k] != reference[key][k]]
             outcome.problems.append(f"lr={key[0]}, seed={key[1]}: {differing} differ")
     outcome.twice += _written_twice(events, outcome.problems)
     logs = [launch.output() for launch in launches]
@@ -298,6 +339,23 @@ def _check(
     if tracebacks:
         outcome.crashed += tracebacks
         outcome.problems.append(f"{tracebacks} traceback(s) in the logs")
+
+
+def _trained_runs(sweep_dir: Path, outcome: Outcome) -> set[tuple[float, int]]:
+    """The runs of an Optuna study's complete trials (each trial: its lr, every seed); a study
+    without exactly `N_TRIALS` complete trials is counted."""
+    import optuna
+
+    from hydra_plugins.xmodal_optuna_sweeper._storage import open_storage
+
+    url = LAUNCHERS[outcome.launcher].url(sweep_dir)
+    trials = optuna.load_study(study_name="xmodal_ft", storage=open_storage(url)).trials
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(complete) != N_TRIALS:
+        outcome.study_off += 1
+        outcome.problems.append(f"the study holds {len(complete)} complete trials, not "
+                                f"{N_TRIALS}: {[t.state.name for t in trials]}")  # fmt: skip
+    return {(t.params["lr"], seed) for t in complete for seed in SEEDS}
 
 
 def _tracebacks(text: str) -> int:
@@ -340,15 +398,17 @@ def faults(quick: bool, seeds: int | None = None) -> dict[str, Any]:
     import tempfile
 
     rows, scenarios = [], []
+    grid: dict[tuple[float, int], dict] = {}  # every run an Optuna trial may train
     for launcher in LAUNCHERS:
         with tempfile.TemporaryDirectory() as tmp:
             reference, base = uninterrupted(launcher, Path(tmp))
+            grid = grid or reference
             done = []
             for fault in FAULTS:
                 for seed in range(seeds or (1 if quick else 3)):
                     root = Path(tmp) / f"{fault}-{seed}"
                     root.mkdir()
-                    done.append(scenario(launcher, fault, seed, root, reference))
+                    done.append(scenario(launcher, fault, seed, root, grid))
         scenarios += [vars(o) for o in done]
         rows.append(
             {
@@ -360,8 +420,10 @@ def faults(quick: bool, seeds: int | None = None) -> dict[str, Any]:
                 "runs differing": sum(o.differ for o in done),
                 "crashed workers": sum(o.crashed for o in done),
                 "hangs": sum(o.hangs for o in done),
+                "studies off": sum(o.study_off for o in done) if workers(launcher) > 1 else None,
                 "uninterrupted s": base,
                 "extra wall s (mean)": sum(o.wall_seconds for o in done) / len(done) - base,
             }
         )
-    return {"rows": rows, "scenarios": scenarios, "liveness_s": LIVENESS_S, "bound_s": BOUND_S}
+    return {"rows": rows, "scenarios": scenarios, "liveness_s": LIVENESS_S, "bound_s": BOUND_S,
+            "n_trials": N_TRIALS}  # fmt: skip

@@ -81,18 +81,25 @@ def _faults(section: dict[str, Any]) -> list[str]:
         f"A 4-run sweep (tiny_gpt2, digits) under each fault of `benchmarks/faults.py` (kill a "
         f"worker or the launcher, stop a worker past the liveness timeout of "
         f"{section['liveness_s']:.0f} s, EIO in lease writes, a duplicate launch, a relaunch), "
-        f"each command bounded by {section['bound_s']:.0f} s. Extra wall time: the mean "
-        "scenario's commands (relaunches included) less the uninterrupted sweep's.",
+        f"each command bounded by {section['bound_s']:.0f} s; the Optuna rows: two workers "
+        f"filling one study of {section.get('n_trials', 3)} trials (an lr of the grid's, both "
+        "seeds) on one storage file. Runs differing: from the same run of the uninterrupted "
+        "grid sweep; studies off: studies that did not end with exactly that many complete "
+        "trials. Extra wall time: the mean scenario's commands (relaunches included) less the "
+        "uninterrupted sweep's.",
         "",
         "| launcher | scenarios | faults injected | runs lost | runs trained twice "
-        "| runs differing | crashed workers | hangs | uninterrupted s | extra wall s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| runs differing | crashed workers | hangs | studies off | uninterrupted s "
+        "| extra wall s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in section["rows"]:
+        off = r.get("studies off")
         lines.append(
             f"| {r['launcher']} | {r['scenarios']} | {r['faults injected']} | {r['runs lost']} "
             f"| {r['runs trained twice']} | {r['runs differing']} | {r['crashed workers']} "
-            f"| {r['hangs']} | {r['uninterrupted s']:.1f} | {r['extra wall s (mean)']:.1f} |"
+            f"| {r['hangs']} | {'–' if off is None else off} | {r['uninterrupted s']:.1f} "
+            f"| {r['extra wall s (mean)']:.1f} |"
         )
     problems = [(o, p) for o in section["scenarios"] for p in o["problems"]]
     if problems:

@@ -1,9 +1,10 @@
-"""Fault injection (benchmarks/faults.py): a tiny sweep under each launcher survives seeded
-random faults (a killed or stopped worker, a killed launcher, EIO in lease writes, a duplicate
-launch, a relaunch) with every run trained once, to the numbers of uninterrupted runs, no
-process ending on a traceback and every command ending within its bound. Two scenarios run by
-default; the full matrix (every launcher under every fault) is `slow`. A launcher is added to the
-suite by adding it to `faults.LAUNCHERS`."""
+"""Fault injection (benchmarks/faults.py): a tiny sweep under each launcher, and two Optuna
+workers on one journal file and on one SQLite file, survive seeded random faults (a killed or
+stopped worker, a killed launcher, EIO in lease writes, a duplicate launch, a relaunch) with
+every run trained once, to the numbers of uninterrupted runs, no process ending on a traceback,
+every command ending within its bound and every study ending with its `n_trials` complete
+trials. Three scenarios run by default; the full matrix (every launcher under every fault) is
+`slow`. A launcher is added to the suite by adding it to `faults.LAUNCHERS`."""
 
 from __future__ import annotations
 
@@ -16,7 +17,11 @@ from benchmarks import faults
 from conftest import CONF
 from xmodal_ft import run
 
-QUICK = {("basic", "kill-launcher", 0), ("lockstep, 2 CPU devices", "kill-worker", 0)}
+QUICK = {
+    ("basic", "kill-launcher", 0),
+    ("lockstep, 2 CPU devices", "kill-worker", 0),
+    ("Optuna, 2 workers, journal file", "kill-worker", 0),
+}
 MATRIX = [(launcher, fault, 0) for launcher in faults.LAUNCHERS for fault in faults.FAULTS]
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
 
@@ -24,7 +29,7 @@ CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[float, int], dict]:
     """Each run of the sweep trained alone in this process, as an uninterrupted sweep trains
-    it: results by (lr, seed)."""
+    it: results by (lr, seed) (an Optuna trial trains some of these runs)."""
     root = tmp_path_factory.mktemp("uninterrupted")
     for lr in faults.LRS:
         for seed in faults.SEEDS:
@@ -48,3 +53,4 @@ def test_a_sweep_under_a_fault_trains_every_run_once_to_the_uninterrupted_number
     assert outcome.problems == [], outcome
     assert outcome.injected >= 1
     assert (outcome.lost, outcome.twice, outcome.crashed, outcome.hangs) == (0, 0, 0, 0)
+    assert (outcome.differ, outcome.study_off) == (0, 0)
