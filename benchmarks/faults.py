@@ -4,8 +4,8 @@ one seeded random fault per scenario, checked against the same sweep uninterrupt
 Launchers: the basic launcher (one process), lockstep on two one-core CPU devices (a launcher
 and two worker processes), `lockstep_slurm` through submitit's local executor (a launcher and one
 job per group), and two Optuna workers (`sweep=optuna`, the basic launcher each) filling one study
-of `N_TRIALS` trials on one journal file or one SQLite file (a trial: `lr` from the grid's LRs,
-both seeds; both workers' samplers seeded alike, so they start on one LR and share its runs).
+of `N_TRIALS` trials on one journal file or one SQLite file (a trial: `lr` from the grid's two
+LRs, both seeds; so two trials share an LR, whose runs one trains and the other waits for).
 Faults (`FAULTS`), each at a seeded random moment once the target trains:
 
 - `kill-worker`: SIGKILL of a training process (a device worker, a group job's task; the basic

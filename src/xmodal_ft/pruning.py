@@ -117,8 +117,8 @@ class GroupPruner:
     """A rule applied to one lockstep group, judging LRs by their seed means: `lrs` gives each
     of the group's runs its LR; `finished` holds the group's runs that trained before (a
     resumed group's pruned runs, or earlier chunks' runs), judged with the others. A run whose
-    LR a finished run was pruned at stops at that pass too: every seed of an LR stops at one
-    pass, also where the seeds train in different chunks."""
+    LR a finished run was pruned at stops at that pass too (at its first pass from then on):
+    every seed of an LR stops at one pass, also where its seeds train in different chunks."""
 
     def __init__(
         self, rule: Rule, lrs: Mapping[Run, float], metric: str, finished: Sequence[Finished] = ()
@@ -135,7 +135,7 @@ class GroupPruner:
         ]
         passes = max(sum(1 for rec in h if rec["step"] <= step) for h in histories) - 1
         stopped = self.rule.prune(passes, lr_values(records, step, self.key))
-        stopped |= {f.lr for f in self.finished if f.pruned_at == step}  # its seeds stop together
+        stopped |= {f.lr for f in self.finished if f.pruned_at is not None and f.pruned_at <= step}
         return [run for run in training if self.lrs[run] in stopped]
 
 
