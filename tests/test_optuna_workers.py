@@ -32,7 +32,7 @@ from conftest import CONF, make_cfg
 from hydra_plugins.xmodal_optuna_sweeper import _budget, _liveness, _space
 from hydra_plugins.xmodal_optuna_sweeper._impl import SharedStudySweeper
 from test_sweeps import TINY, results, sweep
-from xmodal_ft import lease, run, trial_pruning
+from xmodal_ft import lease, pruning, run, trial_pruning
 from xmodal_ft.errors import UserError
 
 LR = FloatDistribution(1e-6, 1e-2, log=True)
@@ -410,6 +410,21 @@ def test_a_trials_seeds_are_judged_together_by_optunas_pruner() -> None:
     assert study.trials[2].intermediate_values == {0: 0.1, 2: pytest.approx(0.55)}
     runs[2].state.history, runs[3].state.history = history(0.1, 0.6, 0.7), history(0.1, 0.5, 0.5)
     assert judged.prune(4, runs[2:]) == []
+
+
+def test_a_trials_later_seeds_stop_where_an_earlier_chunk_pruned_its_first() -> None:
+    """`max_runs` split the trial's seeds: seed 0 (an earlier chunk) was pruned at step 2, so
+    seed 1 stops at step 2 too, without asking Optuna again."""
+    store = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(study_name="chunks", storage=store, direction="maximize")
+    trial_pruning.share(study, store)
+    ident = {"storage": None, "study": "chunks", "number": study.ask().number}
+    seed_1 = SeedRun(1e-3, history(0.1, 0.9))
+    first = pruning.Finished(1e-3, history(0.1, 0.2), pruned_at=2)
+    judged = trial_pruning.TrialPruner({seed_1: ident}, "acc", [first])
+    assert judged.prune(0, [seed_1]) == []
+    assert judged.prune(2, [seed_1]) == [seed_1]
+    assert study.trials[0].intermediate_values == {0: pytest.approx(0.1)}
 
 
 class SeedRun:

@@ -57,8 +57,9 @@ def judged_together(cfg: Mapping[str, Any]) -> bool:
 class TrialPruner:
     """The pruner (`pruning.Pruner`) of a lockstep group whose runs are the seeds of Optuna
     trials: `trials` gives each run its trial's identity, or None (never pruned); `done` holds
-    runs of the group that trained before (a resumed trial's finished seeds), judged with the
-    others by their LR."""
+    runs of the group that trained before (a resumed trial's finished seeds, or an earlier
+    chunk's where `max_runs` splits a trial's seeds), judged with the others by their LR; once
+    one of them was pruned, the trial's later seeds stop at the same pass."""
 
     def __init__(
         self,
@@ -83,6 +84,10 @@ class TrialPruner:
             if not live or self.links[key].off:
                 continue
             lr = float(runs[0].spec.cfg.lr)
+            if any(d.lr == lr and d.pruned_at is not None and d.pruned_at <= step
+                   for d in self.done):  # fmt: skip
+                stopped += live  # an earlier chunk's seeds of the trial were pruned: these too
+                continue
             seeds = [*(d.history for d in self.done if d.lr == lr),
                      *(run.state.history for run in runs)]  # fmt: skip
             if self.links[key].should_prune(self._values(seeds, step)):
