@@ -135,8 +135,14 @@ class GroupPruner:
         ]
         passes = max(sum(1 for rec in h if rec["step"] <= step) for h in histories) - 1
         stopped = self.rule.prune(passes, lr_values(records, step, self.key))
-        stopped |= {f.lr for f in self.finished if f.pruned_at is not None and f.pruned_at <= step}
+        stopped |= pruned_by(self.finished, step)
         return [run for run in training if self.lrs[run] in stopped]
+
+
+def pruned_by(finished: Sequence[Finished], step: int) -> set[float]:
+    """The LRs a finished run was pruned at by `step`: their runs still training stop now (all
+    seeds of an LR stop at one pass, also where they train in different chunks)."""
+    return {f.lr for f in finished if f.pruned_at is not None and f.pruned_at <= step}
 
 
 def lr_values(runs: Sequence[Finished], step: int, key: str) -> dict[float, float]:

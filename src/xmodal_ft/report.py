@@ -164,7 +164,6 @@ def aggregate(runs: list[Run]) -> list[Selection]:
                 excluded,
                 threads,
                 uneven,
-                all(s.pruned for s in per_lr),
             )
         )
     return selections

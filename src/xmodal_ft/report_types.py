@@ -59,7 +59,11 @@ class Selection:
     threads: dict[int, int] = field(default_factory=dict)  # thread count: runs of the group
     # pruned LRs whose seeds stopped at different steps: (seed, step or None) per seed
     uneven: dict[float, tuple[tuple[int, int | None], ...]] = field(default_factory=dict)
-    all_pruned: bool = False  # a pruner stopped every LR (`best`: of those it stopped last)
+
+    @property
+    def all_pruned(self) -> bool:
+        """Whether a pruner stopped every LR (`best` is then the best of those it stopped last)."""
+        return all(s.pruned for s in self.per_lr)
 
 
 @dataclass(frozen=True)

@@ -84,8 +84,7 @@ class TrialPruner:
             if not live or self.links[key].off:
                 continue
             lr = float(runs[0].spec.cfg.lr)
-            if any(d.lr == lr and d.pruned_at is not None and d.pruned_at <= step
-                   for d in self.done):  # fmt: skip
+            if lr in pruning.pruned_by(self.done, step):
                 stopped += live  # an earlier chunk's seeds of the trial were pruned: these too
                 continue
             seeds = [*(d.history for d in self.done if d.lr == lr),
